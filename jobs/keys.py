@@ -1,0 +1,42 @@
+"""Idempotency keys and the names of every Redis key paylinks writes."""
+
+import uuid
+
+from arq.constants import job_key_prefix
+
+# Fixed forever: changing it would give every checkoutToken a new idempotency key, and a token
+# re-sent under a new key can create a second session.
+IDEMPOTENCY_NAMESPACE = uuid.UUID("6f1c4d1e-2b1a-5b8e-9a55-70a9e1c0b7d3")
+
+PREFIX = "paylinks"
+QUEUE = f"{PREFIX}:queue"
+
+
+def idempotency_key(checkout_token: str) -> str:
+    """The `Idempotency-Key` for a checkout token: UUID v5 of the token in the paylinks namespace."""
+    return str(uuid.uuid5(IDEMPOTENCY_NAMESPACE, checkout_token))
+
+
+def checkout_key(key: str) -> str:
+    """The hash that records one checkout request: its body, state, attempts and outcome."""
+    return f"{PREFIX}:checkout:{key}"
+
+
+def batch_key(batch: str) -> str:
+    """The hash that counts a batch's requests by state."""
+    return f"{PREFIX}:batch:{batch}"
+
+
+def batch_members_key(batch: str) -> str:
+    """The list of a batch's idempotency keys, in the order they were enqueued."""
+    return f"{PREFIX}:batch:{batch}:keys"
+
+
+def access_token_key(credential: str) -> str:
+    """Where the fleet caches the bearer token of one API credential."""
+    return f"{PREFIX}:auth:{credential}"
+
+
+def arq_job_key(key: str) -> str:
+    """arq's own key for the job of one checkout request (its job id is the idempotency key)."""
+    return job_key_prefix + key

@@ -1,0 +1,17 @@
+"""How a checkout job sits on arq's queue: its function, queue name and serializer."""
+
+from typing import Any
+
+import orjson
+
+JOB_FUNCTION = "create_checkout_session"
+
+
+def serialize(job: dict[str, Any]) -> bytes:
+    # JSON, not arq's default pickle: a payload read from Redis must never run code.
+    return orjson.dumps(job)
+
+
+def deserialize(payload: bytes) -> dict[str, Any]:
+    job: dict[str, Any] = orjson.loads(payload)
+    return job

@@ -1,0 +1,116 @@
+"""Checkout records and batch counters in Redis, as producers read them back."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+from dataclasses import dataclass
+from enum import StrEnum
+from importlib.resources import files
+from typing import Any
+
+from redis.asyncio import Redis
+
+from jobs import keys
+
+
+class State(StrEnum):
+    QUEUED = "queued"
+    IN_PROGRESS = "in_progress"
+    RETRYING = "retrying"
+    CREATED = "created"
+    FAILED = "failed"
+
+    @property
+    def final(self) -> bool:
+        return self in (State.CREATED, State.FAILED)
+
+
+def lua(package: str, name: str) -> str:
+    return files(package).joinpath("lua", f"{name}.lua").read_text()
+
+
+@dataclass(frozen=True)
+class Record:
+    """One checkout request's record: what was asked, where it stands, and how it ended."""
+
+    key: str
+    checkout_token: str
+    batch: str
+    state: State
+    request: str
+    attempts: int
+    session_id: str | None = None
+    url: str | None = None
+    expires_at: str | None = None
+    http_status: int | None = None
+    error: str | None = None
+
+    @classmethod
+    def from_hash(cls, key: str, fields: dict[str, str]) -> Record:
+        status = fields.get("http_status")
+        return cls(
+            key=key,
+            checkout_token=fields["checkout_token"],
+            batch=fields["batch"],
+            state=State(fields["state"]),
+            request=fields["request"],
+            attempts=int(fields.get("attempts", 0)),
+            session_id=fields.get("session_id") or None,
+            url=fields.get("url") or None,
+            expires_at=fields.get("expires_at") or None,
+            http_status=int(status) if status else None,
+            error=fields.get("error") or None,
+        )
+
+    def result(self) -> dict[str, Any]:
+        """The row `paylinks results` prints: pending until the request reaches a final state."""
+        return {
+            "checkoutToken": self.checkout_token,
+            "state": self.state.value if self.state.final else "pending",
+            "sessionId": self.session_id,
+            "url": self.url,
+            "expiresAt": self.expires_at,
+            "attempts": self.attempts,
+            "error": self.error,
+        }
+
+
+RESULT_COLUMNS = ["checkoutToken", "state", "sessionId", "url", "expiresAt", "attempts", "error"]
+
+
+async def read_record(redis: Redis, key: str) -> Record | None:
+    fields: dict[str, str] = await redis.hgetall(keys.checkout_key(key))  # type: ignore[misc]
+    return Record.from_hash(key, fields) if fields else None
+
+
+async def batch_status(redis: Redis, batch: str) -> dict[str, Any] | None:
+    """Counts of a batch's requests by state; None when the batch is unknown or expired."""
+    counters: dict[str, str] = await redis.hgetall(keys.batch_key(batch))  # type: ignore[misc]
+    if not counters:
+        return None
+    counts = {state.value: int(counters.get(state.value, 0)) for state in State}
+    total = int(counters.get("total", 0))
+    return {
+        "batch": batch,
+        "total": total,
+        **counts,
+        "done": "completed_at" in counters,
+    }
+
+
+async def iter_records(redis: Redis, batch: str, page: int = 500) -> AsyncIterator[Record]:
+    """A batch's records in enqueue order, read a page at a time so memory stays flat."""
+    members = keys.batch_members_key(batch)
+    start = 0
+    while True:
+        page_keys: list[str] = await redis.lrange(members, start, start + page - 1)  # type: ignore[misc]
+        if not page_keys:
+            return
+        async with redis.pipeline(transaction=False) as pipe:
+            for key in page_keys:
+                pipe.hgetall(keys.checkout_key(key))
+            hashes: list[dict[str, str]] = await pipe.execute()
+        for key, fields in zip(page_keys, hashes, strict=True):
+            if fields:
+                yield Record.from_hash(key, fields)
+        start += page
