@@ -13,7 +13,7 @@ QUEUE = f"{PREFIX}:queue"
 
 
 def idempotency_key(checkout_token: str) -> str:
-    """The `Idempotency-Key` for a checkout token: UUID v5 of the token in the paylinks namespace."""
+    """The `Idempotency-Key` of a checkout token: UUID v5 of the token in our namespace."""
     return str(uuid.uuid5(IDEMPOTENCY_NAMESPACE, checkout_token))
 
 

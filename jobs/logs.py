@@ -8,7 +8,7 @@ from typing import Any
 
 import orjson
 import structlog
-from structlog.typing import EventDict, WrappedLogger
+from structlog.typing import EventDict, Processor, WrappedLogger
 
 # Fields that may carry a secret or personal data; their values are never written.
 SENSITIVE_FIELDS = frozenset(
@@ -61,7 +61,7 @@ def configure(level: str = "INFO", secrets: Iterable[str] = ()) -> None:
     Libraries' stdlib logging (arq's) goes through the same redaction and renderer; arq's
     per-job lines repeat our own events, so only its warnings are kept.
     """
-    shared = [
+    shared: list[Processor] = [
         structlog.processors.add_log_level,
         structlog.processors.TimeStamper(fmt="iso", utc=True),
         structlog.processors.format_exc_info,

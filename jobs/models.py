@@ -1,8 +1,9 @@
-"""Checkout request and checkout session models, camelCase on the wire as the Conomy reference names them."""
+"""Checkout request and checkout session models, with the Conomy reference's wire names."""
 
 from __future__ import annotations
 
 import re
+from collections.abc import Mapping
 from decimal import Decimal
 from typing import Annotated, Any, Literal
 
@@ -172,7 +173,9 @@ class CheckoutRequest(_Wire):
             ]
             if item.tax:
                 amounts.append((f"items[{i}].tax.amount", item.tax.amount))
-        amounts += [(f"destinations[{i}].amount", d.amount) for i, d in enumerate(self.destinations)]
+        amounts += [
+            (f"destinations[{i}].amount", d.amount) for i, d in enumerate(self.destinations)
+        ]
         return amounts
 
     def total_amount(self) -> Decimal:
@@ -182,16 +185,18 @@ class CheckoutRequest(_Wire):
         """The JSON body to send: reference field names, only the fields the producer gave."""
         return self.model_dump(mode="json", by_alias=True, exclude_unset=True)
 
-    def personal_data(self) -> list[str]:
-        """Values that must never reach a log line."""
-        values = [self.owner.document_number]
-        if self.customer:
-            values += [
-                self.customer.email,
-                self.customer.phone_number,
-                self.customer.document_number,
-            ]
-        return [v for v in values if v]
+
+def personal_data(body: Mapping[str, Any]) -> list[str]:
+    """Values in a request body that must never reach a log line."""
+    customer = body.get("customer") or {}
+    owner = body.get("owner") or {}
+    values = [
+        customer.get("email"),
+        customer.get("phoneNumber"),
+        customer.get("documentNumber"),
+        owner.get("documentNumber"),
+    ]
+    return [v for v in values if isinstance(v, str) and v]
 
 
 class CheckoutSession(BaseModel):

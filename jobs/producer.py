@@ -15,10 +15,10 @@ from pydantic import ValidationError
 from redis.asyncio import Redis
 
 from jobs import keys, queue
+from jobs.config import ProducerConfig
 from jobs.logs import get_logger
 from jobs.models import CheckoutRequest
 from jobs.records import lua
-from jobs.config import ProducerConfig
 
 PIPELINE_SIZE = 500
 

@@ -1,0 +1,67 @@
+"""arq's WorkerSettings for paylinks, and how a worker process starts from the configuration."""
+
+from __future__ import annotations
+
+from typing import Any, ClassVar
+
+from arq import func
+from arq.connections import RedisSettings
+from arq.worker import Function, run_worker
+
+from jobs import keys, queue
+from jobs.connection import connect
+from jobs.logs import configure
+from worker.auth import access_tokens
+from worker.config import ConomyConfig, WorkerConfig
+from worker.conomy import ConomyClient, open_http
+from worker.outcomes import Outcomes
+from worker.tasks import Deps, create_checkout_session
+
+
+async def startup(ctx: dict[str, Any]) -> None:
+    config: WorkerConfig = ctx["config"]
+    conomy: ConomyConfig = ctx["conomy"]
+    redis = connect(str(config.redis_url))
+    http = open_http(config)
+    client = ConomyClient(conomy, http, access_tokens(conomy, redis, http))
+    ctx["paylinks"] = Deps(config, redis, http, client, Outcomes(redis))
+
+
+async def shutdown(ctx: dict[str, Any]) -> None:
+    deps: Deps | None = ctx.get("paylinks")
+    if deps:
+        await deps.http.close()
+        await deps.redis.aclose()
+
+
+class WorkerSettings:
+    """arq reads these; `run` overrides what the configuration decides."""
+
+    functions: ClassVar[list[Function]] = [func(create_checkout_session, name=queue.JOB_FUNCTION)]
+    queue_name = keys.QUEUE
+    on_startup = startup
+    on_shutdown = shutdown
+    job_serializer = queue.serialize
+    job_deserializer = queue.deserialize
+    # The checkout record is the result producers read; arq's copy would only take memory.
+    keep_result = 0
+    # Short, so a request enqueued at low load starts within tens of milliseconds.
+    poll_delay = 0.05
+
+
+def run(config: WorkerConfig, conomy: ConomyConfig, *, burst: bool = False) -> None:
+    secrets = [conomy.api_key.get_secret_value()]
+    for secret in (conomy.access_token, conomy.client_secret):
+        if secret is not None:
+            secrets.append(secret.get_secret_value())
+    configure(config.log_level, secrets)
+    run_worker(
+        WorkerSettings,  # type: ignore[arg-type]
+        redis_settings=RedisSettings.from_dsn(str(config.redis_url)),
+        ctx={"config": config, "conomy": conomy},
+        max_jobs=config.concurrency,
+        job_timeout=config.job_timeout,
+        # Above our own cap, so that our job, not arq, records the final failure.
+        max_tries=config.max_tries + 2,
+        burst=burst,
+    )

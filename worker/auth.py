@@ -1,0 +1,127 @@
+"""Bearer tokens for the Conomy API: a static one, or one fetched and shared by the whole fleet."""
+
+from __future__ import annotations
+
+import hashlib
+import time
+from typing import Protocol
+
+import aiohttp
+import orjson
+from redis.asyncio import Redis
+
+from jobs import keys
+from jobs.logs import get_logger
+from worker.config import ConomyConfig
+
+
+class AuthError(Exception):
+    """The token endpoint refused or failed; `status` is its HTTP status, if it answered."""
+
+    def __init__(self, message: str, status: int | None = None) -> None:
+        super().__init__(message)
+        self.status = status
+
+
+class AccessTokens(Protocol):
+    async def get(self) -> str: ...
+
+    async def renew(self, rejected: str) -> str | None:
+        """A fresh token after `rejected` drew a 401, or None when there is no other."""
+
+
+class StaticToken:
+    def __init__(self, token: str) -> None:
+        self.token = token
+
+    async def get(self) -> str:
+        return self.token
+
+    async def renew(self, rejected: str) -> str | None:
+        return None
+
+
+def credential_id(config: ConomyConfig) -> str:
+    """A short, non-secret name for the API credential, to key shared state by."""
+    material = f"{config.base_url}|{config.api_key.get_secret_value()}|{config.client_id or ''}"
+    return hashlib.sha256(material.encode()).hexdigest()[:16]
+
+
+class TokenEndpoint:
+    """Client-credentials tokens, cached in Redis so the fleet asks the endpoint once per token.
+
+    A token is renewed a margin before it expires; a lock in Redis stops a fleet that finds
+    it expired from asking for many tokens at once.
+    """
+
+    def __init__(self, config: ConomyConfig, redis: Redis, http: aiohttp.ClientSession) -> None:
+        assert config.auth_url is not None
+        assert config.client_id is not None
+        assert config.client_secret is not None
+        self.url = str(config.auth_url)
+        self.client_id = config.client_id
+        self.client_secret = config.client_secret
+        self.redis = redis
+        self.http = http
+        self.key = keys.access_token_key(credential_id(config))
+        self._token: str | None = None
+        self._expires = 0.0
+
+    async def get(self) -> str:
+        if self._token and time.monotonic() < self._expires:
+            return self._token
+        if not await self._load():
+            async with self.redis.lock(f"{self.key}:lock", timeout=30, blocking_timeout=30):
+                if not await self._load():
+                    await self._fetch()
+        assert self._token
+        return self._token
+
+    async def renew(self, rejected: str) -> str | None:
+        # Only the first worker to see the token rejected drops it; the others pick up its
+        # replacement instead of each fetching their own.
+        self._token = None
+        async with self.redis.lock(f"{self.key}:lock", timeout=30, blocking_timeout=30):
+            if await self._load() and self._token != rejected:
+                return self._token
+            await self._fetch()
+        return self._token
+
+    async def _load(self) -> bool:
+        cached = await self.redis.get(self.key)
+        ttl_ms = await self.redis.pttl(self.key)
+        if not cached or ttl_ms <= 0:
+            return False
+        self._token = cached.decode() if isinstance(cached, bytes) else str(cached)
+        self._expires = time.monotonic() + ttl_ms / 1000
+        return True
+
+    async def _fetch(self) -> None:
+        form = {
+            "grant_type": "client_credentials",
+            "client_id": self.client_id,
+            "client_secret": self.client_secret.get_secret_value(),
+        }
+        try:
+            async with self.http.post(self.url, data=form) as response:
+                body = await response.read()
+                if response.status != 200:
+                    raise AuthError(f"token endpoint answered {response.status}", response.status)
+        except aiohttp.ClientError as e:
+            raise AuthError(f"token endpoint unreachable: {type(e).__name__}") from e
+        try:
+            answer = orjson.loads(body)
+            token, lifetime = str(answer["access_token"]), float(answer.get("expires_in", 3600))
+        except (orjson.JSONDecodeError, KeyError, TypeError, ValueError) as e:
+            raise AuthError("token endpoint answered without an access_token") from e
+        # Renew with a tenth of the lifetime to spare, so no call goes out on a dying token.
+        keep_ms = max(1000, int(lifetime * 900))
+        await self.redis.set(self.key, token, px=keep_ms)
+        self._token, self._expires = token, time.monotonic() + keep_ms / 1000
+        get_logger().info("auth.token_renewed", expires_in=lifetime)
+
+
+def access_tokens(config: ConomyConfig, redis: Redis, http: aiohttp.ClientSession) -> AccessTokens:
+    if config.access_token is not None:
+        return StaticToken(config.access_token.get_secret_value())
+    return TokenEndpoint(config, redis, http)

@@ -1,0 +1,172 @@
+"""The `paylinks` command: enqueue, worker, status, results, sandbox and demo."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import csv
+import sys
+from collections.abc import Callable, Coroutine
+from contextlib import ExitStack, suppress
+from typing import Any, TextIO, TypeVar
+
+import orjson
+from pydantic import ValidationError
+from pydantic_settings import BaseSettings
+
+from jobs.config import ProducerConfig
+from jobs.connection import connect
+from jobs.logs import configure
+from jobs.producer import Producer, read_json_lines
+from jobs.records import RESULT_COLUMNS, batch_status, iter_records
+from worker import sandbox
+from worker.config import ConomyConfig, WorkerConfig, describe
+
+Config = TypeVar("Config", bound=BaseSettings)
+
+EXIT_REJECTED = 1
+EXIT_CONFIG = 2
+
+
+def load(config: type[Config]) -> Config:
+    """The configuration from the environment, or one clear line and exit code 2."""
+    try:
+        return config()
+    except ValidationError as e:
+        print(f"paylinks: configuration error: {describe(e)}", file=sys.stderr)
+        raise SystemExit(EXIT_CONFIG) from None
+
+
+def print_json(value: Any, out: TextIO = sys.stdout) -> None:
+    out.write(orjson.dumps(value).decode() + "\n")
+
+
+async def enqueue(args: argparse.Namespace) -> int:
+    config = load(ProducerConfig)
+    configure()
+    redis = connect(str(config.redis_url))
+    with ExitStack() as stack:
+        source = (
+            sys.stdin.buffer if args.file == "-" else stack.enter_context(open(args.file, "rb"))
+        )
+        report = await Producer(redis, config).enqueue(read_json_lines(source), batch=args.batch)
+    await redis.aclose()
+    if args.json:
+        print_json(report.as_json())
+    else:
+        print(report.batch)
+        for rejection in report.rejected:
+            print(f"line {rejection.line}: {rejection.error}", file=sys.stderr)
+        print(
+            f"enqueued {report.enqueued}, duplicates {report.duplicates}, "
+            f"rejected {len(report.rejected)}",
+            file=sys.stderr,
+        )
+    return EXIT_REJECTED if report.rejected else 0
+
+
+async def status(args: argparse.Namespace) -> int:
+    config = load(ProducerConfig)
+    redis = connect(str(config.redis_url))
+    counts = await batch_status(redis, args.batch)
+    await redis.aclose()
+    if counts is None:
+        print(f"paylinks: no batch {args.batch!r} (unknown or expired)", file=sys.stderr)
+        return 1
+    if args.json or not sys.stdout.isatty():
+        print_json(counts)
+    else:
+        print("  ".join(f"{name}: {value}" for name, value in counts.items()))
+    return 0
+
+
+async def results(args: argparse.Namespace) -> int:
+    config = load(ProducerConfig)
+    redis = connect(str(config.redis_url))
+    with ExitStack() as stack:
+        out = stack.enter_context(open(args.output, "w", newline="")) if args.output else sys.stdout
+        writer = csv.DictWriter(out, RESULT_COLUMNS) if args.format == "csv" else None
+        if writer:
+            writer.writeheader()
+        async for record in iter_records(redis, args.batch):
+            if writer:
+                writer.writerow(record.result())
+            else:
+                print_json(record.result(), out)
+    await redis.aclose()
+    return 0
+
+
+def worker(args: argparse.Namespace) -> int:
+    from worker.app import run
+
+    config = load(WorkerConfig)
+    if args.concurrency:
+        config = config.model_copy(update={"concurrency": args.concurrency})
+    run(config, load(ConomyConfig), burst=args.burst)
+    return 0
+
+
+def serve_sandbox(args: argparse.Namespace) -> int:
+    configure()
+    with suppress(KeyboardInterrupt):
+        asyncio.run(sandbox.serve(args.host, args.port, sandbox.options_from(args)))
+    return 0
+
+
+def demo(args: argparse.Namespace) -> int:
+    from worker.demo import run_demo
+
+    return run_demo(args.file, workers=args.workers)
+
+
+def in_loop(command: Callable[[argparse.Namespace], Coroutine[Any, Any, int]]) -> Any:
+    return lambda args: asyncio.run(command(args))
+
+
+def parser() -> argparse.ArgumentParser:
+    root = argparse.ArgumentParser(
+        prog="paylinks", description="Create Conomy payment links in bulk."
+    )
+    commands = root.add_subparsers(dest="command", required=True)
+
+    p = commands.add_parser("enqueue", help="validate checkout requests and enqueue a batch")
+    p.add_argument("file", help="JSON Lines file of checkout requests, or - for stdin")
+    p.add_argument("--batch", help="batch id (default: a new one)")
+    p.add_argument("--json", action="store_true", help="print the report as one JSON object")
+    p.set_defaults(run=in_loop(enqueue))
+
+    p = commands.add_parser("worker", help="run one worker process")
+    p.add_argument("--concurrency", type=int, help="jobs at once (PAYLINKS_CONCURRENCY)")
+    p.add_argument("--burst", action="store_true", help="exit once nothing is left to do")
+    p.set_defaults(run=worker)
+
+    p = commands.add_parser("status", help="a batch's counts by state")
+    p.add_argument("batch")
+    p.add_argument("--json", action="store_true")
+    p.set_defaults(run=in_loop(status))
+
+    p = commands.add_parser("results", help="one row per checkout request of a batch")
+    p.add_argument("batch")
+    p.add_argument("--format", choices=["jsonl", "csv"], default="jsonl")
+    p.add_argument("-o", "--output", help="write to this file instead of stdout")
+    p.set_defaults(run=in_loop(results))
+
+    p = commands.add_parser("sandbox", help="serve the local sandbox of the Conomy API")
+    sandbox.add_arguments(p)
+    p.set_defaults(run=serve_sandbox)
+
+    p = commands.add_parser("demo", help="run a whole batch end to end on private services")
+    p.add_argument("--file", default="examples/checkouts.jsonl")
+    p.add_argument("--workers", type=int, default=2)
+    p.set_defaults(run=demo)
+    return root
+
+
+def main(argv: list[str] | None = None) -> None:
+    args = parser().parse_args(argv)
+    sys.exit(args.run(args))
+
+
+if __name__ == "__main__":
+    main()

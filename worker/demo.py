@@ -1,0 +1,111 @@
+"""`paylinks demo`: a whole batch end to end on a private Redis, the sandbox and two workers."""
+
+from __future__ import annotations
+
+import asyncio
+import csv
+import os
+import signal
+import subprocess
+import sys
+import time
+from contextlib import ExitStack
+from pathlib import Path
+from typing import BinaryIO
+
+from jobs.config import ProducerConfig
+from jobs.connection import connect
+from jobs.logs import configure
+from jobs.producer import Producer, read_json_lines
+from jobs.records import RESULT_COLUMNS, batch_status, iter_records
+from worker.ports import free_port, wait_for_port
+from worker.redis_server import RedisServer
+
+RESULTS = Path("results")
+# A sandbox that misbehaves a little, so the demo shows retries as well as links.
+SANDBOX_FAULTS = ["--latency-ms", "40", "--error-rate", "0.05", "--throttle-rate", "0.03"]
+
+
+def run_demo(file: str, *, workers: int = 2) -> int:
+    RESULTS.mkdir(exist_ok=True)
+    log_path = RESULTS / f"demo-{time.strftime('%Y%m%d-%H%M%S')}.log"
+    with ExitStack() as stack:
+        if not os.environ.get("REDIS_URL"):
+            os.environ["REDIS_URL"] = stack.enter_context(RedisServer()).url
+            print(f"started a private redis-server at {os.environ['REDIS_URL']}")
+        port = free_port()
+        os.environ.update(
+            CONOMY_BASE_URL=f"http://127.0.0.1:{port}/sandbox",
+            CONOMY_API_KEY="sandbox-key",
+            CONOMY_ACCESS_TOKEN="sandbox-token",
+        )
+        log = stack.enter_context(open(log_path, "ab"))
+        sandbox = ["sandbox", "--port", str(port), *SANDBOX_FAULTS]
+        stack.callback(_stop, [_spawn(sandbox, log)])
+        wait_for_port(port)
+        print(f"sandbox API on http://127.0.0.1:{port}/sandbox, starting {workers} workers")
+        stack.callback(_stop, [_spawn(["worker"], log) for _ in range(workers)])
+        failed = asyncio.run(_enqueue_and_watch(file))
+    print(f"logs: {log_path}")
+    return 1 if failed else 0
+
+
+def _spawn(command: list[str], log: BinaryIO) -> subprocess.Popen[bytes]:
+    return subprocess.Popen([sys.executable, "-m", "worker", *command], stderr=log)
+
+
+def _stop(processes: list[subprocess.Popen[bytes]]) -> None:
+    for process in processes:
+        process.send_signal(signal.SIGTERM)
+    for process in processes:
+        try:
+            process.wait(30)
+        except subprocess.TimeoutExpired:
+            process.kill()
+
+
+async def _enqueue_and_watch(file: str) -> int:
+    config = ProducerConfig()
+    configure("WARNING")
+    redis = connect(str(config.redis_url))
+    with open(file, "rb") as lines:
+        report = await Producer(redis, config).enqueue(read_json_lines(lines))
+    print(
+        f"batch {report.batch}: enqueued {report.enqueued}, duplicates {report.duplicates}, "
+        f"rejected {len(report.rejected)}"
+    )
+    for rejection in report.rejected:
+        print(f"  line {rejection.line}: {rejection.error}")
+    started = time.monotonic()
+    while True:
+        counts = await batch_status(redis, report.batch) or {}
+        done = counts.get("created", 0) + counts.get("failed", 0)
+        total = counts.get("total", 0)
+        width = 30
+        filled = width * done // total if total else width
+        print(
+            f"\r[{'#' * filled}{'.' * (width - filled)}] {done}/{total}  "
+            f"created {counts.get('created', 0)}  retrying {counts.get('retrying', 0)}  "
+            f"failed {counts.get('failed', 0)}  {time.monotonic() - started:5.1f}s",
+            end="",
+            flush=True,
+        )
+        if counts.get("done"):
+            break
+        await asyncio.sleep(0.5)
+    print()
+    path = RESULTS / f"{report.batch}.csv"
+    with open(path, "w", newline="") as out:
+        writer = csv.DictWriter(out, RESULT_COLUMNS)
+        writer.writeheader()
+        async for record in iter_records(redis, report.batch):
+            writer.writerow(record.result())
+    await redis.aclose()
+    elapsed = time.monotonic() - started
+    print(
+        f"done in {elapsed:.1f}s: {counts['created']} payment links created, "
+        f"{counts['failed']} failed, of {counts['total']}"
+    )
+    print(f"results: {path}")
+    failed: int = counts["failed"]
+    return failed

@@ -1,0 +1,152 @@
+"""The arq job: create one checkout session, exactly once, and record how it ended."""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass
+from typing import Any
+
+import aiohttp
+import orjson
+from arq import Retry
+from pydantic import ValidationError
+from redis.asyncio import Redis
+
+from jobs.logs import get_logger
+from jobs.models import CheckoutSession, personal_data
+from jobs.records import Record, State, read_record
+from worker.auth import AuthError
+from worker.config import WorkerConfig
+from worker.conomy import ApiAnswer, ConomyClient
+from worker.outcomes import Outcomes
+from worker.retries import backoff, is_retryable, retry_after_seconds
+
+
+@dataclass(frozen=True)
+class Deps:
+    """What every job of a worker process shares, built once at startup (`ctx["paylinks"]`)."""
+
+    config: WorkerConfig
+    redis: Redis
+    http: aiohttp.ClientSession
+    client: ConomyClient
+    outcomes: Outcomes
+
+
+async def create_checkout_session(ctx: dict[str, Any], key: str) -> str:
+    deps: Deps = ctx["paylinks"]
+    record = await read_record(deps.redis, key)
+    if record is None:
+        get_logger(idempotency_key=key).warning("checkout.missing")
+        return "missing"
+    log = get_logger(
+        batch=record.batch,
+        checkout_token=record.checkout_token,
+        idempotency_key=key,
+        personal_data=_personal_data(record),
+    )
+    if record.state.final:
+        log.info("checkout.skipped", state=record.state.value)
+        return record.state.value
+    if record.attempts >= deps.config.max_tries:
+        await _fail(deps, record, log, record.attempts, f"gave up after {record.attempts} attempts")
+        return State.FAILED.value
+
+    # Marked in flight before the call: if this worker dies now, the next run of the job
+    # finds the record in progress and sends the same Idempotency-Key again.
+    attempt = (await deps.outcomes.move(record, State.IN_PROGRESS, new_attempt=True)).attempts
+    log = log.bind(attempt=attempt)
+    started = time.monotonic()
+    try:
+        answer = await deps.client.create_checkout_session(record.request.encode(), key)
+    except (aiohttp.ClientError, TimeoutError) as e:
+        reason = "timeout" if isinstance(e, TimeoutError) else f"connection: {type(e).__name__}"
+        return await _retry_or_fail(deps, record, log, attempt, reason, None, None, started)
+    except AuthError as e:
+        if e.status is not None and not is_retryable(e.status):
+            await _fail(deps, record, log, attempt, f"authentication: {e}", e.status)
+            return State.FAILED.value
+        return await _retry_or_fail(deps, record, log, attempt, str(e), e.status, None, started)
+
+    log = log.bind(http_status=answer.status, duration_ms=_ms_since(started))
+    if answer.ok:
+        return await _created(deps, record, log, answer, attempt, started)
+    if is_retryable(answer.status):
+        return await _retry_or_fail(
+            deps,
+            record,
+            log,
+            attempt,
+            answer.error_message(),
+            answer.status,
+            retry_after_seconds(answer.retry_after),
+            started,
+        )
+    await _fail(deps, record, log, attempt, answer.error_message(), answer.status)
+    return State.FAILED.value
+
+
+async def _created(
+    deps: Deps, record: Record, log: Any, answer: ApiAnswer, attempt: int, started: float
+) -> str:
+    try:
+        session = CheckoutSession.model_validate_json(answer.body)
+    except ValidationError:
+        # The API said yes but we cannot read the session: asking again under the same
+        # Idempotency-Key returns the same session rather than a second one.
+        return await _retry_or_fail(
+            deps, record, log, attempt, "unreadable answer", answer.status, None, started
+        )
+    await deps.outcomes.move(
+        record,
+        State.CREATED,
+        session_id=session.id,
+        url=session.url,
+        expires_at=session.expires_at,
+        session_status=session.status,
+        http_status=answer.status,
+        error=None,
+    )
+    log.info("checkout.created", session_id=session.id, expires_at=session.expires_at)
+    return State.CREATED.value
+
+
+async def _retry_or_fail(
+    deps: Deps,
+    record: Record,
+    log: Any,
+    attempt: int,
+    reason: str,
+    status: int | None,
+    retry_after: float | None,
+    started: float,
+) -> str:
+    if attempt >= deps.config.max_tries:
+        await _fail(deps, record, log, attempt, f"{reason} (after {attempt} attempts)", status)
+        return State.FAILED.value
+    delay = backoff(attempt, deps.config.retry_base, deps.config.retry_cap, retry_after)
+    await deps.outcomes.move(record, State.RETRYING, error=reason, http_status=status)
+    log.warning(
+        "checkout.retrying",
+        reason=reason,
+        http_status=status,
+        retry_in_s=round(delay, 3),
+        duration_ms=_ms_since(started),
+    )
+    raise Retry(defer=delay)
+
+
+async def _fail(
+    deps: Deps, record: Record, log: Any, attempt: int, reason: str, status: int | None = None
+) -> None:
+    await deps.outcomes.move(record, State.FAILED, error=reason, http_status=status)
+    log.error("checkout.failed", reason=reason, http_status=status, attempt=attempt)
+
+
+def _personal_data(record: Record) -> list[str]:
+    body = orjson.loads(record.request)
+    return personal_data(body) if isinstance(body, dict) else []
+
+
+def _ms_since(started: float) -> int:
+    return int((time.monotonic() - started) * 1000)
