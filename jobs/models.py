@@ -19,14 +19,16 @@ from pydantic import (
 )
 from pydantic.alias_generators import to_camel
 
-# A plain decimal string: no sign, exponent, NaN, spaces or leading zeros.
-_DECIMAL = re.compile(r"(0|[1-9][0-9]*)(\.[0-9]+)?")
+# A plain decimal string: no sign, exponent, NaN, spaces or leading zeros. At most 18 integer
+# digits, so sums stay exact in Decimal's default 28-digit context.
+_DECIMAL = re.compile(r"(0|[1-9][0-9]{0,17})(\.[0-9]{1,8})?")
 
 
 def _decimal_string(value: str) -> str:
     if not _DECIMAL.fullmatch(value):
         raise ValueError(
-            f"must be a non-negative decimal string such as '1500' or '12.50', got {value!r}"
+            "must be a non-negative decimal string such as '1500' or '12.50' "
+            f"(at most 18 digits before the point), got {value!r}"
         )
     return value
 

@@ -64,7 +64,8 @@ class Sandbox:
         await self.control("POST", "faults", knobs)
 
     async def requests(self, limit: int = 10) -> list[dict[str, Any]]:
-        requests: list[dict[str, Any]] = await self.control("GET", f"requests?limit={limit}")
+        answer = await self.control("GET", f"requests?limit={limit}")
+        requests: list[dict[str, Any]] = answer["requests"]
         return requests
 
 
@@ -97,6 +98,8 @@ def env(redis_server: RedisServer, sandbox_process: Sandbox) -> dict[str, str]:
         "CONOMY_ACCESS_TOKEN": ACCESS_TOKEN,
         "PAYLINKS_RETRY_BASE": "0.05",
         "PAYLINKS_RETRY_CAP": "0.5",
+        # Fault tests draw failures at random; enough tries that none runs out by chance.
+        "PAYLINKS_MAX_TRIES": "20",
     }
 
 

@@ -1,0 +1,1 @@
+"""paylinks tests: real Redis, the sandbox over HTTP, real worker processes."""

@@ -1,0 +1,95 @@
+"""The Conomy client against the sandbox over HTTP: its headers and its authentication."""
+
+from __future__ import annotations
+
+import aiohttp
+import orjson
+import pytest
+from pydantic import AnyHttpUrl, SecretStr
+from redis.asyncio import Redis
+
+from jobs import keys
+from jobs.models import CheckoutRequest
+from tests.conftest import ACCESS_TOKEN, API_KEY, EXAMPLES, Sandbox
+from worker import __version__
+from worker.auth import StaticToken, TokenEndpoint, credential_id
+from worker.config import ConomyConfig
+from worker.conomy import ConomyClient
+
+
+def body() -> bytes:
+    line = (EXAMPLES / "checkouts.jsonl").read_text().splitlines()[0]
+    return orjson.dumps(CheckoutRequest.model_validate_json(line).wire())
+
+
+def conomy(sandbox: Sandbox, **fields: object) -> ConomyConfig:
+    return ConomyConfig(
+        base_url=AnyHttpUrl(sandbox.base_url), api_key=SecretStr(API_KEY), **fields
+    )
+
+
+async def test_the_client_sends_exactly_the_references_headers(sandbox: Sandbox) -> None:
+    config = conomy(sandbox, access_token=SecretStr(ACCESS_TOKEN))
+    key = keys.idempotency_key("INV-1")
+    async with aiohttp.ClientSession() as http:
+        client = ConomyClient(config, http, StaticToken(ACCESS_TOKEN))
+        answer = await client.create_checkout_session(body(), key)
+    assert answer.status == 201, answer.body
+    [request] = await sandbox.requests(limit=1)
+    headers = {name.lower(): value for name, value in request["headers"].items()}
+    assert headers["authorization"] == f"Bearer {ACCESS_TOKEN}"
+    assert headers["x-api-key"] == API_KEY
+    assert headers["conomyhq-api-version"] == "24-04-2025"
+    assert headers["user-agent"] == f"paylinks/{__version__}"
+    assert headers["content-type"] == "application/json"
+    assert headers["idempotency-key"] == key
+    assert request["body"] == orjson.loads(body())
+
+
+@pytest.fixture
+def endpoint_config(sandbox: Sandbox) -> ConomyConfig:
+    return conomy(
+        sandbox,
+        auth_url=AnyHttpUrl(f"{sandbox.base_url}/oauth/token"),
+        client_id="sandbox-client",
+        client_secret=SecretStr("sandbox-secret"),
+    )
+
+
+async def test_the_fleet_shares_one_token_from_the_endpoint(
+    redis: Redis, sandbox: Sandbox, endpoint_config: ConomyConfig
+) -> None:
+    async with aiohttp.ClientSession() as http:
+        # Two processes' worth of clients: the second finds the first's token in Redis.
+        for _ in range(2):
+            tokens = TokenEndpoint(endpoint_config, redis, http)
+            client = ConomyClient(endpoint_config, http, tokens)
+            answer = await client.create_checkout_session(body(), keys.idempotency_key("A"))
+            assert answer.status == 201
+    assert (await sandbox.stats())["tokens_issued"] == 1
+    cached = keys.access_token_key(credential_id(endpoint_config))
+    assert 0 < await redis.pttl(cached) <= 3600 * 1000
+
+
+async def test_a_rejected_token_is_renewed_once_and_the_call_sent_again(
+    redis: Redis, sandbox: Sandbox, endpoint_config: ConomyConfig
+) -> None:
+    cached = keys.access_token_key(credential_id(endpoint_config))
+    await redis.set(cached, "revoked-token", px=60_000)
+    async with aiohttp.ClientSession() as http:
+        client = ConomyClient(endpoint_config, http, TokenEndpoint(endpoint_config, redis, http))
+        answer = await client.create_checkout_session(body(), keys.idempotency_key("B"))
+    assert answer.status == 201
+    assert (await sandbox.stats())["tokens_issued"] == 1
+    assert await redis.get(cached) != "revoked-token"
+    statuses = (await sandbox.stats())["by_status"]
+    assert (statuses.get("401"), statuses.get("201")) == (1, 1)
+
+
+async def test_a_static_token_that_is_rejected_is_not_retried(sandbox: Sandbox) -> None:
+    config = conomy(sandbox, access_token=SecretStr("wrong-token"))
+    async with aiohttp.ClientSession() as http:
+        client = ConomyClient(config, http, StaticToken("wrong-token"))
+        answer = await client.create_checkout_session(body(), keys.idempotency_key("C"))
+    assert answer.status == 401
+    assert (await sandbox.stats())["calls"] == 1

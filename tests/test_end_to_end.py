@@ -1,0 +1,184 @@
+"""Whole batches through real worker processes, the sandbox over HTTP and a real Redis."""
+
+from __future__ import annotations
+
+import json
+import re
+from pathlib import Path
+from typing import Any
+
+from redis.asyncio import Redis
+
+from tests.conftest import ACCESS_TOKEN, API_KEY, EXAMPLES, Sandbox, paylinks, start_worker
+
+CHECKOUTS = EXAMPLES / "checkouts.jsonl"
+
+
+def enqueue(path: Path, env: dict[str, str]) -> dict[str, Any]:
+    done = paylinks("enqueue", str(path), "--json", env=env)
+    assert done.returncode == 0, done.stderr.decode()
+    report: dict[str, Any] = json.loads(done.stdout)
+    return report
+
+
+def run_workers(env: dict[str, str], count: int = 2, *args: str) -> list[str]:
+    """Burst workers until the queue is empty; returns each one's log (stderr)."""
+    workers = [start_worker(env, "--burst", *args) for _ in range(count)]
+    logs = []
+    for worker in workers:
+        _, stderr = worker.communicate(timeout=180)
+        assert worker.returncode == 0, stderr.decode()[-2000:]
+        logs.append(stderr.decode())
+    return logs
+
+
+def events(log: str) -> list[dict[str, Any]]:
+    return [json.loads(line) for line in log.splitlines() if line.strip()]
+
+
+def results(batch: str, env: dict[str, str]) -> list[dict[str, Any]]:
+    done = paylinks("results", batch, env=env)
+    assert done.returncode == 0, done.stderr.decode()
+    return [json.loads(line) for line in done.stdout.splitlines()]
+
+
+def write_requests(path: Path, requests: list[dict[str, Any]]) -> Path:
+    path.write_text("".join(json.dumps(r) + "\n" for r in requests))
+    return path
+
+
+def example_requests(count: int) -> list[dict[str, Any]]:
+    lines = CHECKOUTS.read_text().splitlines()[:count]
+    return [json.loads(line) for line in lines]
+
+
+async def test_a_batch_becomes_payment_links_exactly_once(
+    redis: Redis, sandbox: Sandbox, env: dict[str, str]
+) -> None:
+    report = enqueue(CHECKOUTS, env)
+    total = len(CHECKOUTS.read_text().splitlines())
+    assert report["enqueued"] == total
+    assert report["rejected"] == []
+
+    logs = run_workers(env, 2)
+
+    status = json.loads(paylinks("status", report["batch"], "--json", env=env).stdout)
+    assert status == {
+        "batch": report["batch"],
+        "total": total,
+        "queued": 0,
+        "in_progress": 0,
+        "retrying": 0,
+        "created": total,
+        "failed": 0,
+        "done": True,
+    }
+    rows = results(report["batch"], env)
+    assert len(rows) == total
+    assert {r["state"] for r in rows} == {"created"}
+    assert len({r["sessionId"] for r in rows}) == total
+    assert all(r["url"].startswith("http://127.0.0.1") and r["expiresAt"] for r in rows)
+    stats = await sandbox.stats()
+    assert stats["sessions"] == total
+    assert stats["duplicate_tokens"] == 0
+
+    completed = [e for log in logs for e in events(log) if e["event"] == "batch.completed"]
+    assert len(completed) == 1
+    created = [e for log in logs for e in events(log) if e["event"] == "checkout.created"]
+    assert len(created) == total
+    assert all(
+        {"batch", "checkout_token", "idempotency_key", "attempt", "duration_ms", "http_status"}
+        <= e.keys()
+        for e in created
+    )
+
+
+async def test_enqueueing_the_same_file_again_creates_nothing_new(
+    redis: Redis, sandbox: Sandbox, env: dict[str, str], tmp_path: Path
+) -> None:
+    path = write_requests(tmp_path / "ten.jsonl", example_requests(10))
+    first = enqueue(path, env)
+    run_workers(env, 1)
+    again = enqueue(path, env)
+    assert (again["enqueued"], again["duplicates"]) == (0, 10)
+    run_workers(env, 1)
+    assert (await sandbox.stats())["sessions"] == 10
+    assert {r["state"] for r in results(first["batch"], env)} == {"created"}
+
+
+async def test_transient_api_failures_are_retried_until_created(
+    redis: Redis, sandbox: Sandbox, env: dict[str, str], tmp_path: Path
+) -> None:
+    await sandbox.faults(error_rate=0.3, throttle_rate=0.1, retry_after=0)
+    report = enqueue(write_requests(tmp_path / "r.jsonl", example_requests(40)), env)
+    logs = run_workers(env, 2)
+    rows = results(report["batch"], env)
+    assert {r["state"] for r in rows} == {"created"}
+    assert max(r["attempts"] for r in rows) > 1
+    stats = await sandbox.stats()
+    assert stats["sessions"] == 40
+    assert stats["duplicate_tokens"] == 0
+    retrying = [e for log in logs for e in events(log) if e["event"] == "checkout.retrying"]
+    assert retrying
+    assert {e["http_status"] for e in retrying} <= {500, 429}
+
+
+async def test_an_answer_lost_to_a_timeout_is_asked_for_again_under_the_same_key(
+    redis: Redis, sandbox: Sandbox, env: dict[str, str], tmp_path: Path
+) -> None:
+    # The sandbox creates every session but answers only after the client gave up.
+    await sandbox.faults(slow_rate=0.3, slow_ms=1500)
+    report = enqueue(write_requests(tmp_path / "t.jsonl", example_requests(20)), env)
+    run_workers({**env, "PAYLINKS_HTTP_TIMEOUT": "0.5"}, 1)
+    rows = results(report["batch"], env)
+    assert {r["state"] for r in rows} == {"created"}
+    assert max(r["attempts"] for r in rows) > 1
+    stats = await sandbox.stats()
+    assert stats["sessions"] == 20
+    assert stats["duplicate_tokens"] == 0
+
+
+async def test_a_rejected_request_fails_at_once_with_the_apis_message(
+    redis: Redis, sandbox: Sandbox, env: dict[str, str], tmp_path: Path
+) -> None:
+    report = enqueue(write_requests(tmp_path / "f.jsonl", example_requests(3)), env)
+    logs = run_workers({**env, "CONOMY_API_KEY": "not-the-key"}, 1)
+    rows = results(report["batch"], env)
+    assert {(r["state"], r["attempts"]) for r in rows} == {("failed", 1)}
+    assert all(r["error"] for r in rows)
+    status = json.loads(paylinks("status", report["batch"], "--json", env=env).stdout)
+    assert (status["failed"], status["done"]) == (3, True)
+    failed = [e for log in logs for e in events(log) if e["event"] == "checkout.failed"]
+    assert {e["http_status"] for e in failed} == {403}
+
+
+async def test_no_secret_or_personal_data_reaches_a_log_line(
+    redis: Redis, sandbox: Sandbox, env: dict[str, str], tmp_path: Path
+) -> None:
+    requests = example_requests(30)
+    await sandbox.faults(error_rate=0.3, retry_after=0)
+    path = write_requests(tmp_path / "p.jsonl", requests)
+    enqueued = paylinks("enqueue", str(path), env=env)
+    logs = [enqueued.stderr.decode(), *run_workers(env, 1)]
+    forbidden = {ACCESS_TOKEN, API_KEY}
+    for request in requests:
+        customer = request.get("customer") or {}
+        for field in ("email", "phoneNumber", "documentNumber"):
+            if customer.get(field):
+                forbidden.add(customer[field])
+    assert len(forbidden) > 10, "the examples should carry personal data to look for"
+    text = "\n".join(logs)
+    assert "checkout.created" in text
+    leaked = sorted(value for value in forbidden if value in text)
+    assert leaked == []
+    assert not re.search(r"[\w.+-]+@[\w-]+\.\w+", text)
+
+
+def test_a_worker_without_credentials_stops_with_one_clear_line(env: dict[str, str]) -> None:
+    without = {k: v for k, v in env.items() if k != "CONOMY_API_KEY"}
+    done = paylinks("worker", env=without)
+    assert done.returncode == 2
+    lines = done.stderr.decode().strip().splitlines()
+    assert len(lines) == 1
+    assert "CONOMY_API_KEY" in lines[0]
+    assert "Traceback" not in done.stderr.decode()

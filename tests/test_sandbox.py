@@ -1,0 +1,289 @@
+"""The local sandbox answers like the Conomy reference and injects the faults it is asked for."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import time
+from collections.abc import AsyncIterator
+from datetime import datetime
+from typing import Any
+
+import aiohttp
+import pytest
+from aiohttp.test_utils import TestClient, TestServer
+
+from worker.sandbox import SandboxOptions, add_arguments, build_app, options_from
+
+CHECKOUT = "/sandbox/checkout-sessions"
+HEADERS = {
+    "Authorization": "Bearer sandbox-token",
+    "x-api-key": "sandbox-key",
+    "conomyhq-api-version": "24-04-2025",
+}
+
+Client = TestClient[aiohttp.web.Request, aiohttp.web.Application]
+
+
+def checkout_body(**changes: Any) -> dict[str, Any]:
+    body: dict[str, Any] = {
+        "checkoutToken": "inv-1",
+        "items": [
+            {
+                "preTaxAmount": "1000",
+                "totalAmount": "1190",
+                "description": "Invoice 1",
+                "tax": {"amount": "190"},
+            }
+        ],
+        "currency": "CLP",
+        "paymentMethodsAllowed": ["CARD"],
+        "destinations": [
+            {
+                "type": "ACCOUNT",
+                "amount": "1190",
+                "account": {
+                    "type": "CHECKING",
+                    "currency": "CLP",
+                    "accountNumber": "123",
+                    "accountHolder": "ACME",
+                },
+            }
+        ],
+        "owner": {"identityId": "idn_1"},
+    }
+    return body | changes
+
+
+@pytest.fixture
+def options() -> SandboxOptions:
+    return SandboxOptions(seed=1)
+
+
+@pytest.fixture
+async def client(options: SandboxOptions) -> AsyncIterator[Client]:
+    async with TestClient(TestServer(build_app(options))) as client:
+        yield client
+
+
+async def post(
+    client: Client, body: Any, key: str | None = None, **headers: str
+) -> tuple[int, dict[str, Any]]:
+    sent = HEADERS | ({"Idempotency-Key": key} if key else {}) | headers
+    async with client.post(CHECKOUT, json=body, headers=sent) as response:
+        return response.status, await response.json()
+
+
+async def stats(client: Client) -> dict[str, Any]:
+    async with client.get("/sandbox/_control/stats") as response:
+        return await response.json()  # type: ignore[no-any-return]
+
+
+async def test_a_good_request_creates_a_session(client: Client) -> None:
+    status, session = await post(client, checkout_body(successUrl="https://shop.example/ok"))
+
+    assert status == 201
+    assert session["id"].startswith("cs_")
+    assert (session["preTaxAmount"], session["totalAmount"]) == ("1000", "1190")
+    assert session["status"] == "ACTIVE"
+    assert session["checkoutToken"] == "inv-1"
+    assert session["items"] == checkout_body()["items"]
+    assert session["redirectUrl"] == "https://shop.example/ok"
+    assert session["paymentConfigs"] == [
+        {"currency": "CLP", "product": "CHECKOUT", "exchangeRate": "1", "paymentMethods": ["CARD"]}
+    ]
+    assert session["url"] == str(client.make_url(f"/sandbox/pay/{session['id']}"))
+    assert session["createdAt"].endswith("Z")
+    assert len(session["createdAt"]) == len("2024-01-15T10:30:00.000Z")
+    created, expires = (datetime.fromisoformat(session[f]) for f in ("createdAt", "expiresAt"))
+    assert (expires - created).total_seconds() == 86400
+
+    async with client.get(f"{CHECKOUT}/{session['id']}", headers=HEADERS) as response:
+        assert response.status == 200
+        assert await response.json() == session
+
+
+async def test_duration_sets_the_expiry(client: Client) -> None:
+    _, session = await post(client, checkout_body(duration=30))
+    created, expires = (datetime.fromisoformat(session[f]) for f in ("createdAt", "expiresAt"))
+    assert (expires - created).total_seconds() == 30
+
+
+@pytest.mark.parametrize(
+    ("headers", "status", "named"),
+    [
+        ({"Authorization": ""}, 401, "Authorization"),
+        ({"Authorization": "Bearer not-issued"}, 401, "token"),
+        ({"x-api-key": "wrong"}, 403, "x-api-key"),
+        ({"conomyhq-api-version": "01-01-2020"}, 400, "conomyhq-api-version"),
+    ],
+)
+async def test_bad_headers_are_refused(
+    client: Client, headers: dict[str, str], status: int, named: str
+) -> None:
+    got, answer = await post(client, checkout_body(), **headers)
+    assert got == status
+    assert named in answer["error"]["message"]
+    assert (await stats(client))["sessions"] == 0
+
+
+async def test_a_body_that_is_not_a_json_object_is_refused(client: Client) -> None:
+    sent = HEADERS | {"Content-Type": "text/plain"}
+    async with client.post(CHECKOUT, data="{}", headers=sent) as response:
+        assert response.status == 415
+    status, answer = await post(client, ["not", "an", "object"])
+    assert status == 400
+    assert answer["error"]["code"] == "invalid_json"
+
+
+async def test_an_invalid_body_is_refused_naming_the_fields(client: Client) -> None:
+    body = checkout_body()
+    del body["items"][0]["description"]
+    body["payment_methods_allowed"] = body.pop("paymentMethodsAllowed")
+    status, answer = await post(client, body)
+    assert status == 400
+    message = answer["error"]["message"]
+    assert "items[0].description: Field required" in message
+    assert "paymentMethodsAllowed: Field required" in message
+    assert "payment_methods_allowed: Extra inputs are not permitted" in message
+
+
+async def test_an_idempotency_key_replays_the_first_answer(client: Client) -> None:
+    first = await post(client, checkout_body(), key="k1")
+    again = await post(client, checkout_body(), key="k1")
+    assert first == again
+    assert first[0] == 201
+    counts = await stats(client)
+    assert (counts["sessions"], counts["calls"], counts["by_status"]) == (1, 2, {"201": 2})
+
+
+async def test_an_idempotency_key_with_another_body_is_a_conflict(client: Client) -> None:
+    await post(client, checkout_body(), key="k1")
+    status, answer = await post(client, checkout_body(duration=60), key="k1")
+    assert status == 409
+    assert answer["error"]["code"] == "idempotency_conflict"
+
+
+async def test_concurrent_calls_with_one_key_create_one_session(
+    client: Client, options: SandboxOptions
+) -> None:
+    options.latency_ms = 20  # so the calls overlap inside the sandbox
+    answers = await asyncio.gather(*(post(client, checkout_body(), key="k1") for _ in range(10)))
+    assert {session["id"] for _, session in answers} == {answers[0][1]["id"]}
+    assert (await stats(client))["sessions"] == 1
+
+
+async def test_without_a_key_every_call_creates_a_session(client: Client) -> None:
+    await post(client, checkout_body())
+    await post(client, checkout_body())
+    counts = await stats(client)
+    assert (counts["sessions"], counts["duplicate_tokens"]) == (2, 1)
+
+
+async def test_error_rate_answers_500_without_a_session(
+    client: Client, options: SandboxOptions
+) -> None:
+    options.error_rate = 1
+    status, answer = await post(client, checkout_body(), key="k1")
+    assert status == 500
+    assert answer["error"]["code"] == "internal_error"
+    assert (await stats(client))["sessions"] == 0
+
+
+async def test_throttle_rate_set_over_http_answers_429_with_retry_after(client: Client) -> None:
+    faults = {"throttle_rate": 1, "retry_after": 7}
+    async with client.post("/sandbox/_control/faults", json=faults) as response:
+        assert (await response.json())["throttle_rate"] == 1
+    async with client.post(CHECKOUT, json=checkout_body(), headers=HEADERS) as response:
+        assert response.status == 429
+        assert response.headers["Retry-After"] == "7"
+    async with client.post("/sandbox/_control/faults", json={"error_rate": 2}) as response:
+        assert response.status == 400
+
+
+async def test_slow_answers_arrive_late_but_the_session_is_stored(
+    client: Client, options: SandboxOptions
+) -> None:
+    options.slow_rate, options.slow_ms = 1, 300
+    started = time.monotonic()
+    assert (await post(client, checkout_body()))[0] == 201
+    assert time.monotonic() - started >= 0.3
+
+    late = checkout_body(checkoutToken="inv-2")
+    sent = HEADERS | {"Idempotency-Key": "k2"}
+    with pytest.raises(TimeoutError):
+        await client.post(CHECKOUT, json=late, headers=sent, timeout=aiohttp.ClientTimeout(0.1))
+    assert (await stats(client))["sessions"] == 2
+
+    options.slow_rate = 0
+    status, session = await post(client, late, key="k2")
+    assert (status, session["checkoutToken"]) == (201, "inv-2")
+    assert (await stats(client))["sessions"] == 2
+
+
+async def test_issued_tokens_are_accepted_until_they_expire(
+    client: Client, options: SandboxOptions
+) -> None:
+    form = {"grant_type": "client_credentials", "client_id": "sandbox-client"}
+    async with client.post("/sandbox/oauth/token", data=form | {"client_secret": "x"}) as response:
+        assert response.status == 401
+    async with client.post(
+        "/sandbox/oauth/token", data=form | {"client_secret": "sandbox-secret"}
+    ) as response:
+        issued = await response.json()
+    assert issued["token_type"] == "Bearer"
+    assert issued["expires_in"] == 3600
+    bearer = f"Bearer {issued['access_token']}"
+    assert (await post(client, checkout_body(), Authorization=bearer))[0] == 201
+
+    options.token_ttl = 0
+    async with client.post(
+        "/sandbox/oauth/token", json=form | {"client_secret": "sandbox-secret"}
+    ) as response:
+        expired = f"Bearer {(await response.json())['access_token']}"
+    assert (await post(client, checkout_body(), Authorization=expired))[0] == 401
+    assert (await stats(client))["tokens_issued"] == 2
+
+
+@pytest.mark.parametrize(
+    ("currency", "amounts", "pre_tax", "total"),
+    [("CLP", ["1000", "500"], "1500", "1500"), ("USD", ["10.5", "2"], "12.50", "12.50")],
+)
+async def test_sums_keep_the_currency_decimals(
+    client: Client, currency: str, amounts: list[str], pre_tax: str, total: str
+) -> None:
+    items = [{"preTaxAmount": a, "totalAmount": a, "description": "x"} for a in amounts]
+    destination = checkout_body()["destinations"][0] | {"amount": total}
+    body = checkout_body(currency=currency, items=items, destinations=[destination])
+    status, session = await post(client, body)
+    assert status == 201, session
+    assert (session["preTaxAmount"], session["totalAmount"]) == (pre_tax, total)
+
+
+async def test_controls_show_requests_and_reset(client: Client) -> None:
+    await post(client, checkout_body(), key="k1")
+    await post(client, {"checkoutToken": "inv-2"})
+    async with client.get("/sandbox/_control/requests?limit=1") as response:
+        [last] = (await response.json())["requests"]
+    assert last["body"] == {"checkoutToken": "inv-2"}
+    assert last["headers"]["x-api-key"] == "sandbox-key"
+
+    await client.post("/sandbox/_control/reset")
+    counts = await stats(client)
+    assert (counts["sessions"], counts["calls"], counts["call_times"]) == (0, 0, [])
+    assert (await post(client, checkout_body(duration=9), key="k1"))[0] == 201
+
+
+async def test_an_unknown_session_is_404(client: Client) -> None:
+    async with client.get(f"{CHECKOUT}/cs_nope", headers=HEADERS) as response:
+        assert response.status == 404
+        assert (await response.json())["error"]["code"] == "not_found"
+
+
+def test_command_line_options() -> None:
+    parser = argparse.ArgumentParser()
+    add_arguments(parser)
+    args = parser.parse_args(["--port", "0", "--error-rate", "0.5", "--seed", "3"])
+    assert options_from(args) == SandboxOptions(error_rate=0.5, seed=3)
+    with pytest.raises(SystemExit):
+        parser.parse_args(["--throttle-rate", "1.5"])
