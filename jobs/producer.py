@@ -61,7 +61,10 @@ def describe(error: ValidationError) -> str:
 
 
 def parse(data: dict[str, Any] | CheckoutRequest) -> CheckoutRequest:
-    return data if isinstance(data, CheckoutRequest) else CheckoutRequest.model_validate(data)
+    """A checkout request from its wire form: the reference's camelCase names only."""
+    if isinstance(data, CheckoutRequest):
+        return data
+    return CheckoutRequest.model_validate(data, by_alias=True, by_name=False)
 
 
 def read_json_lines(lines: Iterable[str | bytes]) -> Iterator[tuple[int, CheckoutRequest | str]]:

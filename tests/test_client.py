@@ -23,9 +23,7 @@ def body() -> bytes:
 
 
 def conomy(sandbox: Sandbox, **fields: object) -> ConomyConfig:
-    return ConomyConfig(
-        base_url=AnyHttpUrl(sandbox.base_url), api_key=SecretStr(API_KEY), **fields
-    )
+    return ConomyConfig(base_url=AnyHttpUrl(sandbox.base_url), api_key=SecretStr(API_KEY), **fields)
 
 
 async def test_the_client_sends_exactly_the_references_headers(sandbox: Sandbox) -> None:
