@@ -2,7 +2,7 @@
 
 import uuid
 
-from arq.constants import job_key_prefix
+from arq.constants import in_progress_key_prefix, job_key_prefix
 
 # Fixed forever: changing it would give every checkoutToken a new idempotency key, and a token
 # re-sent under a new key can create a second session.
@@ -10,6 +10,8 @@ IDEMPOTENCY_NAMESPACE = uuid.UUID("6f1c4d1e-2b1a-5b8e-9a55-70a9e1c0b7d3")
 
 PREFIX = "paylinks"
 QUEUE = f"{PREFIX}:queue"
+# Requests that failed for good: idempotency keys scored by when they failed (ms).
+DEAD_LETTERS = f"{PREFIX}:dead-letters"
 
 
 def idempotency_key(checkout_token: str) -> str:
@@ -40,3 +42,8 @@ def access_token_key(credential: str) -> str:
 def arq_job_key(key: str) -> str:
     """arq's own key for the job of one checkout request (its job id is the idempotency key)."""
     return job_key_prefix + key
+
+
+def arq_in_progress_key(key: str) -> str:
+    """arq's marker that a worker is running the job right now."""
+    return in_progress_key_prefix + key

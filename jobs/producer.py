@@ -10,7 +10,6 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import orjson
-from arq.jobs import serialize_job
 from pydantic import ValidationError
 from redis.asyncio import Redis
 
@@ -118,9 +117,6 @@ class Producer:
             for _, request in chunk:
                 key = keys.idempotency_key(request.checkout_token)
                 body = orjson.dumps(request.wire())
-                job = serialize_job(
-                    queue.JOB_FUNCTION, (key,), {}, None, now, serializer=queue.serialize
-                )
                 await self._enqueue(
                     keys=[
                         keys.checkout_key(key),
@@ -135,7 +131,7 @@ class Producer:
                         report.batch,
                         hashlib.sha256(body).hexdigest(),
                         body,
-                        job,
+                        queue.job_payload(key, now),
                         now,
                         ttl_ms,
                         ttl_ms,

@@ -3,6 +3,7 @@
 from typing import Any
 
 import orjson
+from arq.jobs import serialize_job
 
 JOB_FUNCTION = "create_checkout_session"
 
@@ -15,3 +16,8 @@ def serialize(job: dict[str, Any]) -> bytes:
 def deserialize(payload: bytes) -> dict[str, Any]:
     job: dict[str, Any] = orjson.loads(payload)
     return job
+
+
+def job_payload(key: str, enqueued_at_ms: int) -> bytes:
+    """arq's stored job for one checkout request: the job function, called with its key."""
+    return serialize_job(JOB_FUNCTION, (key,), {}, None, enqueued_at_ms, serializer=serialize)

@@ -44,6 +44,7 @@ class Record:
     expires_at: str | None = None
     http_status: int | None = None
     error: str | None = None
+    response: str | None = None
 
     @classmethod
     def from_hash(cls, key: str, fields: dict[str, str]) -> Record:
@@ -60,6 +61,7 @@ class Record:
             expires_at=fields.get("expires_at") or None,
             http_status=int(status) if status else None,
             error=fields.get("error") or None,
+            response=fields.get("response") or None,
         )
 
     def result(self) -> dict[str, Any]:

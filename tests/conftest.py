@@ -60,7 +60,7 @@ class Sandbox:
         stats: dict[str, Any] = await self.control("GET", "stats")
         return stats
 
-    async def faults(self, **knobs: float) -> None:
+    async def faults(self, **knobs: float | str) -> None:
         await self.control("POST", "faults", knobs)
 
     async def requests(self, limit: int = 10) -> list[dict[str, Any]]:
@@ -82,7 +82,7 @@ def sandbox_process() -> Iterator[Sandbox]:
 async def sandbox(sandbox_process: Sandbox) -> Sandbox:
     await sandbox_process.control("POST", "reset")
     await sandbox_process.faults(
-        latency_ms=0, error_rate=0, throttle_rate=0, slow_rate=0, retry_after=1
+        latency_ms=0, error_rate=0, throttle_rate=0, slow_rate=0, retry_after=1, reject_prefix=""
     )
     return sandbox_process
 

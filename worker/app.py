@@ -9,7 +9,7 @@ from arq.connections import RedisSettings
 from arq.worker import Function, run_worker
 
 from jobs import keys, queue
-from jobs.connection import connect
+from jobs.connection import RETRY_ON_ERROR, connect, restart_retry
 from jobs.logs import configure
 from worker.auth import access_tokens
 from worker.config import ConomyConfig, WorkerConfig
@@ -49,6 +49,14 @@ class WorkerSettings:
     poll_delay = 0.05
 
 
+def redis_settings(url: str) -> RedisSettings:
+    """arq's connection, retrying through a Redis restart like our own client does."""
+    settings = RedisSettings.from_dsn(url)
+    settings.retry_on_error = RETRY_ON_ERROR
+    settings.retry = restart_retry()
+    return settings
+
+
 def run(config: WorkerConfig, conomy: ConomyConfig, *, burst: bool = False) -> None:
     secrets = [conomy.api_key.get_secret_value()]
     for secret in (conomy.access_token, conomy.client_secret):
@@ -57,11 +65,14 @@ def run(config: WorkerConfig, conomy: ConomyConfig, *, burst: bool = False) -> N
     configure(config.log_level, secrets)
     run_worker(
         WorkerSettings,  # type: ignore[arg-type]
-        redis_settings=RedisSettings.from_dsn(str(config.redis_url)),
+        redis_settings=redis_settings(str(config.redis_url)),
         ctx={"config": config, "conomy": conomy},
         max_jobs=config.concurrency,
         job_timeout=config.job_timeout,
         # Above our own cap, so that our job, not arq, records the final failure.
         max_tries=config.max_tries + 2,
         burst=burst,
+        # On SIGTERM: take no new job, give calls in flight this long, then cancel the rest
+        # (a cancelled job is queued again and resends its Idempotency-Key).
+        job_completion_wait=config.shutdown_grace,
     )

@@ -5,10 +5,12 @@ from __future__ import annotations
 import argparse
 import asyncio
 import csv
+import shutil
 import sys
+import tempfile
 from collections.abc import Callable, Coroutine
 from contextlib import ExitStack, suppress
-from typing import Any, TextIO, TypeVar
+from typing import IO, Any, TextIO, TypeVar
 
 import orjson
 from pydantic import ValidationError
@@ -16,8 +18,9 @@ from pydantic_settings import BaseSettings
 
 from jobs.config import ProducerConfig
 from jobs.connection import connect
+from jobs.deadletters import DeadLetters, dead_letters
 from jobs.logs import configure
-from jobs.producer import Producer, read_json_lines
+from jobs.producer import EnqueueReport, Producer, Rejection, new_batch_id, read_json_lines
 from jobs.records import RESULT_COLUMNS, batch_status, iter_records
 from worker import sandbox
 from worker.config import ConomyConfig, WorkerConfig, describe
@@ -46,12 +49,30 @@ async def enqueue(args: argparse.Namespace) -> int:
     configure()
     redis = connect(str(config.redis_url))
     with ExitStack() as stack:
-        source = (
+        source: IO[bytes] = (
             sys.stdin.buffer if args.file == "-" else stack.enter_context(open(args.file, "rb"))
         )
-        report = await Producer(redis, config).enqueue(read_json_lines(source), batch=args.batch)
+        rejected: list[Rejection] = []
+        if args.strict:
+            # Two passes, so standard input is kept on disk for the second one.
+            if not source.seekable():
+                copy = stack.enter_context(tempfile.TemporaryFile())
+                shutil.copyfileobj(source, copy)
+                source = copy
+            rejected = [Rejection(n, r) for n, r in read_json_lines(source) if isinstance(r, str)]
+            source.seek(0)
+        report = (
+            EnqueueReport(args.batch or new_batch_id(), rejected=rejected)
+            if rejected
+            else await Producer(redis, config).enqueue(read_json_lines(source), batch=args.batch)
+        )
     await redis.aclose()
-    if args.json:
+    print_report(report, args.json)
+    return EXIT_REJECTED if report.rejected else 0
+
+
+def print_report(report: EnqueueReport, as_json: bool) -> None:
+    if as_json:
         print_json(report.as_json())
     else:
         print(report.batch)
@@ -62,7 +83,6 @@ async def enqueue(args: argparse.Namespace) -> int:
             f"rejected {len(report.rejected)}",
             file=sys.stderr,
         )
-    return EXIT_REJECTED if report.rejected else 0
 
 
 async def status(args: argparse.Namespace) -> int:
@@ -94,6 +114,40 @@ async def results(args: argparse.Namespace) -> int:
             else:
                 print_json(record.result(), out)
     await redis.aclose()
+    return 0
+
+
+async def list_dead_letters(args: argparse.Namespace) -> int:
+    config = load(ProducerConfig)
+    redis = connect(str(config.redis_url))
+    async for letter in dead_letters(redis, batch=args.batch):
+        row = letter.as_json()
+        if args.json:
+            print_json(row)
+        else:
+            print(
+                f"{row['failedAt']}  {row['checkoutToken']}  batch {row['batch']}  "
+                f"attempts {row['attempts']}  HTTP {row['httpStatus'] or '-'}  {row['error']}"
+            )
+    await redis.aclose()
+    return 0
+
+
+async def retry_dead_letters(args: argparse.Namespace) -> int:
+    config = load(ProducerConfig)
+    redis = connect(str(config.redis_url))
+    counts = await DeadLetters(redis, config).retry(batch=args.batch, token=args.token)
+    await redis.aclose()
+    print_json(counts)
+    return 0
+
+
+async def purge_dead_letters(args: argparse.Namespace) -> int:
+    config = load(ProducerConfig)
+    redis = connect(str(config.redis_url))
+    purged = await DeadLetters(redis, config).purge(batch=args.batch)
+    await redis.aclose()
+    print_json({"purged": purged})
     return 0
 
 
@@ -134,6 +188,7 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("file", help="JSON Lines file of checkout requests, or - for stdin")
     p.add_argument("--batch", help="batch id (default: a new one)")
     p.add_argument("--json", action="store_true", help="print the report as one JSON object")
+    p.add_argument("--strict", action="store_true", help="enqueue nothing if any line is bad")
     p.set_defaults(run=in_loop(enqueue))
 
     p = commands.add_parser("worker", help="run one worker process")
@@ -151,6 +206,21 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--format", choices=["jsonl", "csv"], default="jsonl")
     p.add_argument("-o", "--output", help="write to this file instead of stdout")
     p.set_defaults(run=in_loop(results))
+
+    dead = commands.add_parser("dead-letters", help="requests that failed for good")
+    actions = dead.add_subparsers(dest="action", required=True)
+    p = actions.add_parser("list", help="list dead letters, oldest first")
+    p.add_argument("--batch")
+    p.add_argument("--json", action="store_true", help="one JSON object a line")
+    p.set_defaults(run=in_loop(list_dead_letters))
+    p = actions.add_parser("retry", help="queue dead letters again under the same key")
+    which = p.add_mutually_exclusive_group()
+    which.add_argument("--batch")
+    which.add_argument("--token", help="one checkoutToken")
+    p.set_defaults(run=in_loop(retry_dead_letters))
+    p = actions.add_parser("purge", help="forget dead letters (their records stay failed)")
+    p.add_argument("--batch")
+    p.set_defaults(run=in_loop(purge_dead_letters))
 
     p = commands.add_parser("sandbox", help="serve the local sandbox of the Conomy API")
     sandbox.add_arguments(p)

@@ -55,6 +55,7 @@ class WorkerConfig(ProducerConfig):
     connect_timeout: PositiveFloat = 5
     retry_base: PositiveFloat = 1
     retry_cap: PositiveFloat = 120
+    shutdown_grace: PositiveInt = 25
     log_level: str = "INFO"
 
 

@@ -38,8 +38,8 @@ class Outcomes:
         for name, value in fields.items():
             pairs += [name, "" if value is None else value]
         previous, attempts, completed = await self._transition(
-            keys=[keys.checkout_key(record.key), keys.batch_key(record.batch)],
-            args=[state.value, now, "1" if new_attempt else "0", *pairs],
+            keys=[keys.checkout_key(record.key), keys.batch_key(record.batch), keys.DEAD_LETTERS],
+            args=[record.key, state.value, now, "1" if new_attempt else "0", *pairs],
         )
         if completed:
             get_logger().info("batch.completed", batch=record.batch)

@@ -44,6 +44,9 @@ class SandboxOptions:
     retry_after: int = 1
     slow_rate: float = 0
     slow_ms: float = 30000
+    # checkoutTokens starting with this are refused with a 400, as the real API refuses a
+    # request that is well formed but that it will not accept (an unknown owner, say).
+    reject_prefix: str = ""
     seed: int | None = None
 
 
@@ -61,6 +64,7 @@ class _Faults(BaseModel):
     retry_after: NonNegativeInt = 0
     slow_rate: _Rate = 0
     slow_ms: NonNegativeFloat = 0
+    reject_prefix: str = ""
 
 
 class _ApiError(Exception):
@@ -140,6 +144,11 @@ def _checkout(request: web.Request, text: str, sandbox: _Sandbox) -> web.Respons
     except ValidationError as error:
         raise _ApiError(400, "invalid_request", _describe(error)) from None
     options, records = sandbox.options, sandbox.records
+    if options.reject_prefix and checkout.checkout_token.startswith(options.reject_prefix):
+        message = (
+            f"owner.identityId {checkout.owner.identity_id!r} is not an identity of this account"
+        )
+        raise _ApiError(400, "invalid_request", message)
     if sandbox.chance(options.error_rate):
         raise _ApiError(500, "internal_error", "injected fault (error_rate)")
     if sandbox.chance(options.throttle_rate):
@@ -381,6 +390,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     add("--client-id", default=d.client_id, help="client id the token endpoint accepts")
     add("--client-secret", default=d.client_secret, help="client secret the token endpoint accepts")
     add("--token-ttl", type=int, default=d.token_ttl, help="lifetime in seconds of issued tokens")
+    add("--reject-prefix", default=d.reject_prefix, help="refuse checkoutTokens with this prefix")
     add("--seed", type=int, default=d.seed, help="seed for the fault draws, for repeatable runs")
 
 

@@ -11,6 +11,7 @@ import orjson
 from arq import Retry
 from pydantic import ValidationError
 from redis.asyncio import Redis
+from redis.exceptions import RedisError
 
 from jobs.logs import get_logger
 from jobs.models import CheckoutSession, personal_data
@@ -20,6 +21,9 @@ from worker.config import WorkerConfig
 from worker.conomy import ApiAnswer, ConomyClient
 from worker.outcomes import Outcomes
 from worker.retries import backoff, is_retryable, retry_after_seconds
+
+# How much of a failed call's response body a dead letter keeps.
+RESPONSE_KEPT = 2000
 
 
 @dataclass(frozen=True)
@@ -35,6 +39,19 @@ class Deps:
 
 async def create_checkout_session(ctx: dict[str, Any], key: str) -> str:
     deps: Deps = ctx["paylinks"]
+    try:
+        return await _create(deps, key)
+    except RedisError as e:
+        # Redis stayed away longer than the client's own retries. The record keeps its
+        # state, so the next run carries on from it (and resends the same key).
+        delay = backoff(ctx["job_try"], deps.config.retry_base, deps.config.retry_cap)
+        get_logger(idempotency_key=key).warning(
+            "checkout.retrying", reason=f"redis: {type(e).__name__}", retry_in_s=round(delay, 3)
+        )
+        raise Retry(defer=delay) from e
+
+
+async def _create(deps: Deps, key: str) -> str:
     record = await read_record(deps.redis, key)
     if record is None:
         get_logger(idempotency_key=key).warning("checkout.missing")
@@ -61,28 +78,21 @@ async def create_checkout_session(ctx: dict[str, Any], key: str) -> str:
         answer = await deps.client.create_checkout_session(record.request.encode(), key)
     except (aiohttp.ClientError, TimeoutError) as e:
         reason = "timeout" if isinstance(e, TimeoutError) else f"connection: {type(e).__name__}"
-        return await _retry_or_fail(deps, record, log, attempt, reason, None, None, started)
+        return await _retry_or_fail(deps, record, log, attempt, reason, None, started)
     except AuthError as e:
         if e.status is not None and not is_retryable(e.status):
-            await _fail(deps, record, log, attempt, f"authentication: {e}", e.status)
+            await _fail(deps, record, log, attempt, f"authentication: {e}")
             return State.FAILED.value
-        return await _retry_or_fail(deps, record, log, attempt, str(e), e.status, None, started)
+        return await _retry_or_fail(deps, record, log, attempt, str(e), None, started)
 
     log = log.bind(http_status=answer.status, duration_ms=_ms_since(started))
     if answer.ok:
         return await _created(deps, record, log, answer, attempt, started)
     if is_retryable(answer.status):
         return await _retry_or_fail(
-            deps,
-            record,
-            log,
-            attempt,
-            answer.error_message(),
-            answer.status,
-            retry_after_seconds(answer.retry_after),
-            started,
+            deps, record, log, attempt, answer.error_message(), answer, started
         )
-    await _fail(deps, record, log, attempt, answer.error_message(), answer.status)
+    await _fail(deps, record, log, attempt, answer.error_message(), answer)
     return State.FAILED.value
 
 
@@ -95,7 +105,7 @@ async def _created(
         # The API said yes but we cannot read the session: asking again under the same
         # Idempotency-Key returns the same session rather than a second one.
         return await _retry_or_fail(
-            deps, record, log, attempt, "unreadable answer", answer.status, None, started
+            deps, record, log, attempt, "unreadable answer", answer, started
         )
     await deps.outcomes.move(
         record,
@@ -117,13 +127,15 @@ async def _retry_or_fail(
     log: Any,
     attempt: int,
     reason: str,
-    status: int | None,
-    retry_after: float | None,
+    answer: ApiAnswer | None,
     started: float,
 ) -> str:
+    """Another attempt after a backoff, unless this was the last one allowed."""
     if attempt >= deps.config.max_tries:
-        await _fail(deps, record, log, attempt, f"{reason} (after {attempt} attempts)", status)
+        await _fail(deps, record, log, attempt, f"{reason} (after {attempt} attempts)", answer)
         return State.FAILED.value
+    status = answer.status if answer else None
+    retry_after = retry_after_seconds(answer.retry_after) if answer else None
     delay = backoff(attempt, deps.config.retry_base, deps.config.retry_cap, retry_after)
     await deps.outcomes.move(record, State.RETRYING, error=reason, http_status=status)
     log.warning(
@@ -137,9 +149,14 @@ async def _retry_or_fail(
 
 
 async def _fail(
-    deps: Deps, record: Record, log: Any, attempt: int, reason: str, status: int | None = None
+    deps: Deps, record: Record, log: Any, attempt: int, reason: str, answer: ApiAnswer | None = None
 ) -> None:
-    await deps.outcomes.move(record, State.FAILED, error=reason, http_status=status)
+    """Failed for good: the record says why, and the request joins the dead letters."""
+    status = answer.status if answer else None
+    response = answer.body[:RESPONSE_KEPT].decode(errors="replace") if answer else None
+    await deps.outcomes.move(
+        record, State.FAILED, error=reason, http_status=status, response=response
+    )
     log.error("checkout.failed", reason=reason, http_status=status, attempt=attempt)
 
 

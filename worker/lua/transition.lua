@@ -1,24 +1,26 @@
 -- Move a checkout record to a new state and keep its batch's counters in step.
--- KEYS: checkout record, batch counters
--- ARGV: new state, now (ms), '1' to count a new attempt, then field/value pairs to store
+-- KEYS: checkout record, batch counters, dead letters
+-- ARGV: idempotency key, new state, now (ms), '1' to count a new attempt,
+--       then field/value pairs to store
 -- Returns {previous state, attempts, 1 if this move completed the batch}.
 local old = redis.call('HGET', KEYS[1], 'state')
 if not old then return {'', 0, 0} end
 local attempts = tonumber(redis.call('HGET', KEYS[1], 'attempts') or 0)
 if old == 'created' or old == 'failed' then return {old, attempts, 0} end
-local new = ARGV[1]
-if ARGV[3] == '1' then attempts = redis.call('HINCRBY', KEYS[1], 'attempts', 1) end
-redis.call('HSET', KEYS[1], 'state', new, 'updated_at', ARGV[2])
-for i = 4, #ARGV, 2 do redis.call('HSET', KEYS[1], ARGV[i], ARGV[i + 1]) end
+local new = ARGV[2]
+if ARGV[4] == '1' then attempts = redis.call('HINCRBY', KEYS[1], 'attempts', 1) end
+redis.call('HSET', KEYS[1], 'state', new, 'updated_at', ARGV[3])
+for i = 5, #ARGV, 2 do redis.call('HSET', KEYS[1], ARGV[i], ARGV[i + 1]) end
 if old ~= new then
   redis.call('HINCRBY', KEYS[2], old, -1)
   redis.call('HINCRBY', KEYS[2], new, 1)
 end
+if new == 'failed' then redis.call('ZADD', KEYS[3], ARGV[3], ARGV[1]) end
 local completed = 0
 if new == 'created' or new == 'failed' then
   local c = redis.call('HMGET', KEYS[2], 'total', 'created', 'failed', 'sealed')
   if c[4] == '1' and tonumber(c[2] or 0) + tonumber(c[3] or 0) == tonumber(c[1] or 0) then
-    completed = redis.call('HSETNX', KEYS[2], 'completed_at', ARGV[2])
+    completed = redis.call('HSETNX', KEYS[2], 'completed_at', ARGV[3])
   end
 end
 return {old, attempts, completed}

@@ -1,0 +1,91 @@
+"""The dead-letter store: requests that failed for good, to list, retry or purge."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import AsyncIterator
+from dataclasses import dataclass
+from typing import Any
+
+from redis.asyncio import Redis
+
+from jobs import keys, queue
+from jobs.config import ProducerConfig
+from jobs.records import Record, lua, read_record
+
+
+@dataclass(frozen=True)
+class DeadLetter:
+    record: Record
+    failed_at_ms: int
+
+    def as_json(self) -> dict[str, Any]:
+        r = self.record
+        return {
+            "checkoutToken": r.checkout_token,
+            "batch": r.batch,
+            "idempotencyKey": r.key,
+            "error": r.error,
+            "httpStatus": r.http_status,
+            "response": r.response,
+            "attempts": r.attempts,
+            "failedAt": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(self.failed_at_ms / 1000)),
+        }
+
+
+async def dead_letters(
+    redis: Redis, *, batch: str | None = None, token: str | None = None
+) -> AsyncIterator[DeadLetter]:
+    """Dead letters, oldest first, of one batch or one checkoutToken if given."""
+    wanted = keys.idempotency_key(token) if token else None
+    entries: list[tuple[str, float]] = await redis.zrange(keys.DEAD_LETTERS, 0, -1, withscores=True)
+    for key, failed_at in entries:
+        if wanted and key != wanted:
+            continue
+        record = await read_record(redis, key)
+        if record is None:
+            # Its record outlived the retention window: nothing left to retry.
+            await redis.zrem(keys.DEAD_LETTERS, key)
+            continue
+        if batch is None or record.batch == batch:
+            yield DeadLetter(record, int(failed_at))
+
+
+class DeadLetters:
+    def __init__(self, redis: Redis, config: ProducerConfig) -> None:
+        self.redis = redis
+        self.config = config
+        self._requeue = redis.register_script(lua("jobs", "requeue"))
+
+    async def retry(self, *, batch: str | None = None, token: str | None = None) -> dict[str, int]:
+        """Queue dead letters again under their own idempotency keys."""
+        counts = {"retried": 0, "busy": 0}
+        async for letter in dead_letters(self.redis, batch=batch, token=token):
+            record, now = letter.record, int(time.time() * 1000)
+            outcome = await self._requeue(
+                keys=[
+                    keys.checkout_key(record.key),
+                    keys.batch_key(record.batch),
+                    keys.DEAD_LETTERS,
+                    keys.arq_job_key(record.key),
+                    keys.QUEUE,
+                    keys.arq_in_progress_key(record.key),
+                ],
+                args=[record.key, queue.job_payload(record.key, now), now, self.ttl_ms],
+            )
+            if outcome == 1:
+                counts["retried"] += 1
+            elif outcome == -1:
+                counts["busy"] += 1
+        return counts
+
+    async def purge(self, *, batch: str | None = None) -> int:
+        """Forget dead letters; their records stay, failed, until they expire."""
+        purged = [letter.record.key async for letter in dead_letters(self.redis, batch=batch)]
+        if purged:
+            await self.redis.zrem(keys.DEAD_LETTERS, *purged)
+        return len(purged)
+
+    @property
+    def ttl_ms(self) -> int:
+        return self.config.result_ttl * 1000
