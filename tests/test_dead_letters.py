@@ -1,0 +1,107 @@
+"""Requests the API refuses: failed at once, kept as dead letters, retried or purged by hand."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+from redis.asyncio import Redis
+
+from tests.conftest import EXAMPLES, Sandbox, paylinks
+from tests.test_end_to_end import enqueue, example_requests, results, run_workers, write_requests
+
+
+def dead_letters(env: dict[str, str], *args: str) -> list[dict[str, Any]]:
+    done = paylinks("dead-letters", "list", "--json", *args, env=env)
+    assert done.returncode == 0, done.stderr.decode()
+    return [json.loads(line) for line in done.stdout.splitlines()]
+
+
+def some_refused(tmp_path: Path) -> Path:
+    requests = example_requests(5)
+    for i, request in enumerate(requests[:3]):
+        request["checkoutToken"] = f"REFUSE-{i}"
+    return write_requests(tmp_path / "refused.jsonl", requests)
+
+
+async def test_a_request_the_api_refuses_fails_at_once_into_the_dead_letters(
+    redis: Redis, sandbox: Sandbox, env: dict[str, str], tmp_path: Path
+) -> None:
+    await sandbox.faults(reject_prefix="REFUSE-")
+    batch = enqueue(some_refused(tmp_path), env)["batch"]
+    run_workers(env, 1)
+
+    states = {r["checkoutToken"]: (r["state"], r["attempts"]) for r in results(batch, env)}
+    assert [states[f"REFUSE-{i}"] for i in range(3)] == [("failed", 1)] * 3
+    assert sorted(set(states.values())) == [("created", 1), ("failed", 1)]
+    letters = dead_letters(env)
+    assert sorted(letter["checkoutToken"] for letter in letters) == [
+        "REFUSE-0",
+        "REFUSE-1",
+        "REFUSE-2",
+    ]
+    for letter in letters:
+        assert letter["httpStatus"] == 400
+        assert "is not an identity of this account" in letter["error"]
+        assert "invalid_request" in letter["response"]
+        assert letter["attempts"] == 1
+        assert letter["batch"] == batch
+    by_status = (await sandbox.stats())["by_status"]
+    assert by_status["400"] == 3
+
+
+async def test_dead_letters_retried_under_the_same_key_are_created(
+    redis: Redis, sandbox: Sandbox, env: dict[str, str], tmp_path: Path
+) -> None:
+    await sandbox.faults(reject_prefix="REFUSE-")
+    batch = enqueue(some_refused(tmp_path), env)["batch"]
+    run_workers(env, 1)
+    await sandbox.faults(reject_prefix="")
+
+    one = paylinks("dead-letters", "retry", "--token", "REFUSE-0", env=env)
+    assert json.loads(one.stdout) == {"retried": 1, "busy": 0}
+    assert len(dead_letters(env)) == 2
+    rest = paylinks("dead-letters", "retry", "--batch", batch, env=env)
+    assert json.loads(rest.stdout) == {"retried": 2, "busy": 0}
+    status = json.loads(paylinks("status", batch, "--json", env=env).stdout)
+    assert (status["queued"], status["failed"], status["done"]) == (3, 0, False)
+
+    run_workers(env, 1)
+    assert {r["state"] for r in results(batch, env)} == {"created"}
+    assert dead_letters(env) == []
+    status = json.loads(paylinks("status", batch, "--json", env=env).stdout)
+    assert (status["created"], status["done"]) == (5, True)
+    assert (await sandbox.stats())["sessions"] == 5
+
+
+async def test_purged_dead_letters_are_forgotten_but_their_results_stay(
+    redis: Redis, sandbox: Sandbox, env: dict[str, str], tmp_path: Path
+) -> None:
+    await sandbox.faults(reject_prefix="REFUSE-")
+    batch = enqueue(some_refused(tmp_path), env)["batch"]
+    run_workers(env, 1)
+    purged = paylinks("dead-letters", "purge", "--batch", "another-batch", env=env)
+    assert json.loads(purged.stdout) == {"purged": 0}
+    purged = paylinks("dead-letters", "purge", env=env)
+    assert json.loads(purged.stdout) == {"purged": 3}
+    assert dead_letters(env) == []
+    assert [r["state"] for r in results(batch, env)].count("failed") == 3
+
+
+async def test_strict_enqueues_nothing_when_a_line_is_bad(
+    redis: Redis, env: dict[str, str]
+) -> None:
+    bad = EXAMPLES / "bad-checkouts.jsonl"
+    done = paylinks("enqueue", str(bad), "--strict", "--json", "--batch", "strict", env=env)
+    assert done.returncode == 1
+    report = json.loads(done.stdout)
+    assert report["enqueued"] == 0
+    assert report["rejected"]
+    assert await redis.exists("paylinks:batch:strict") == 0
+    assert await redis.zcard("paylinks:queue") == 0
+
+    good = b"".join(line + b"\n" for line in bad.read_bytes().splitlines()[:1])
+    done = paylinks("enqueue", "-", "--strict", "--json", env=env, input=good)
+    assert done.returncode == 0, done.stderr.decode()
+    assert json.loads(done.stdout)["enqueued"] == 1
