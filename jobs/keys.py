@@ -10,6 +10,10 @@ IDEMPOTENCY_NAMESPACE = uuid.UUID("6f1c4d1e-2b1a-5b8e-9a55-70a9e1c0b7d3")
 
 PREFIX = "paylinks"
 QUEUE = f"{PREFIX}:queue"
+# Batches by when they were opened (ms), for `paylinks batches`.
+BATCHES = f"{PREFIX}:batches"
+# One entry per completed batch, for producers to read (XREAD) as a completion signal.
+COMPLETED_BATCHES = f"{PREFIX}:batches:completed"
 # Requests that failed for good: idempotency keys scored by when they failed (ms).
 DEAD_LETTERS = f"{PREFIX}:dead-letters"
 

@@ -1,25 +1,31 @@
-"""Validate checkout requests and enqueue them into Redis as a batch, one pipelined script each."""
+"""The producer: enqueue checkout requests as a batch, then wait for it and read its results."""
 
 from __future__ import annotations
 
+import asyncio
 import hashlib
 import secrets
 import time
-from collections.abc import Iterable, Iterator
+from collections.abc import AsyncIterable, AsyncIterator, Iterable, Iterator, Mapping
 from dataclasses import dataclass, field
-from typing import Any
+from types import TracebackType
+from typing import Any, TypeVar
 
 import orjson
-from pydantic import ValidationError
 from redis.asyncio import Redis
 
 from jobs import keys, queue
+from jobs.batches import Batches, now_ms
 from jobs.config import ProducerConfig
+from jobs.connection import connect
+from jobs.intake import Numbered, checked
 from jobs.logs import get_logger
 from jobs.models import CheckoutRequest
-from jobs.records import lua
+from jobs.records import iter_records, lua
 
 PIPELINE_SIZE = 500
+
+T = TypeVar("T")
 
 
 @dataclass(frozen=True)
@@ -48,71 +54,100 @@ def new_batch_id() -> str:
     return time.strftime("%Y%m%d-%H%M%S", time.gmtime()) + "-" + secrets.token_hex(3)
 
 
-def describe(error: ValidationError) -> str:
-    """Each problem as `field.path: reason`, with the wire's field names."""
-    parts = []
-    for e in error.errors(include_url=False):
-        path = "".join(f"[{p}]" if isinstance(p, int) else f".{p}" for p in e["loc"]).lstrip(".")
-        reason = "unknown field" if e["type"] == "extra_forbidden" else e["msg"]
-        reason = reason.removeprefix("Value error, ")
-        parts.append(f"{path}: {reason}" if path else reason)
-    return "; ".join(parts)
-
-
-def parse(data: dict[str, Any] | CheckoutRequest) -> CheckoutRequest:
-    """A checkout request from its wire form: the reference's camelCase names only."""
-    if isinstance(data, CheckoutRequest):
-        return data
-    return CheckoutRequest.model_validate(data, by_alias=True, by_name=False)
-
-
-def read_json_lines(lines: Iterable[str | bytes]) -> Iterator[tuple[int, CheckoutRequest | str]]:
-    """Each non-blank line's number with its checkout request, or with why it is not one."""
-    for number, line in enumerate(lines, start=1):
-        if not line.strip():
-            continue
-        try:
-            yield number, parse(orjson.loads(line))
-        except orjson.JSONDecodeError as e:
-            yield number, f"invalid JSON: {e}"
-        except ValidationError as e:
-            yield number, describe(e)
+async def _each(items: Iterable[T] | AsyncIterable[T]) -> AsyncIterator[T]:
+    if isinstance(items, AsyncIterable):
+        async for item in items:
+            yield item
+    else:
+        for item in items:
+            yield item
 
 
 class Producer:
-    """Enqueues checkout requests; a token already known adds no job."""
+    """Enqueues checkout requests; a token already known adds no job.
 
-    def __init__(self, redis: Redis, settings: ProducerConfig) -> None:
+    Requests are streamed: each chunk of 500 goes to Redis in one pipelined round trip, one
+    Lua script per request, so memory stays flat however long the input.
+    """
+
+    def __init__(self, redis: Redis, config: ProducerConfig) -> None:
         self.redis = redis
-        self.settings = settings
+        self.config = config
+        self.batches = Batches(redis)
         self._enqueue = redis.register_script(lua("jobs", "enqueue"))
-        self._seal = redis.register_script(lua("jobs", "seal"))
+
+    @classmethod
+    def connect(cls, config: ProducerConfig | None = None) -> Producer:
+        """A producer on the Redis that REDIS_URL names (or `config` gives)."""
+        config = config or ProducerConfig()
+        return cls(connect(str(config.redis_url)), config)
+
+    async def close(self) -> None:
+        await self.redis.aclose()
+
+    async def __aenter__(self) -> Producer:
+        return self
+
+    async def __aexit__(self, *_: object) -> None:
+        await self.close()
 
     async def enqueue(
         self,
-        requests: Iterable[tuple[int, CheckoutRequest | str]],
+        requests: Iterable[Mapping[str, Any] | CheckoutRequest]
+        | AsyncIterable[Mapping[str, Any] | CheckoutRequest],
         batch: str | None = None,
+        webhook_url: str | None = None,
     ) -> EnqueueReport:
-        """Enqueue numbered requests (as `read_json_lines` yields them) into one batch."""
+        """Validate and enqueue requests (wire-form dicts or models) as one batch.
+
+        An invalid request is reported by its position (from 1) and does not stop the rest.
+        """
+        return await self.enqueue_numbered(_checked(requests), batch, webhook_url)
+
+    async def enqueue_numbered(
+        self,
+        requests: Iterable[Numbered] | AsyncIterable[Numbered],
+        batch: str | None = None,
+        webhook_url: str | None = None,
+    ) -> EnqueueReport:
+        """Enqueue numbered requests, as `jobs.intake` reads them from a file, as one batch."""
         report = EnqueueReport(batch or new_batch_id())
+        await self.batches.open(report.batch, self.config.result_ttl, webhook_url)
         chunk: list[tuple[int, CheckoutRequest]] = []
-        for number, request in requests:
+        async for line, request in _each(requests):
             if isinstance(request, str):
-                report.rejected.append(Rejection(number, request))
+                report.rejected.append(Rejection(line, request))
                 continue
-            chunk.append((number, request))
+            chunk.append((line, request))
             if len(chunk) >= PIPELINE_SIZE:
                 await self._send(chunk, report)
                 chunk = []
         if chunk:
             await self._send(chunk, report)
-        if await self._seal(keys=[keys.batch_key(report.batch)], args=[_now_ms()]):
-            get_logger().info("batch.completed", batch=report.batch)
+        await self.batches.seal(report.batch)
         return report
 
+    async def status(self, batch: str) -> dict[str, Any] | None:
+        return await self.batches.status(batch)
+
+    async def wait(self, batch: str, *, poll_interval: float = 0.5) -> dict[str, Any]:
+        """The batch's status once every request ended (bound it with `asyncio.timeout`)."""
+        while True:
+            status = await self.batches.status(batch)
+            if status is None:
+                raise LookupError(f"no batch {batch!r} (unknown or expired)")
+            if status["done"]:
+                return status
+            await asyncio.sleep(poll_interval)
+
+    async def results(self, batch: str) -> AsyncIterator[dict[str, Any]]:
+        """One row per request, in enqueue order, streamed a page at a time."""
+        async for record in iter_records(self.redis, batch):
+            yield record.result()
+
     async def _send(self, chunk: list[tuple[int, CheckoutRequest]], report: EnqueueReport) -> None:
-        now = _now_ms()
-        ttl_ms = self.settings.result_ttl * 1000
+        now = now_ms()
+        ttl_ms = self.config.result_ttl * 1000
         async with self.redis.pipeline(transaction=False) as pipe:
             for _, request in chunk:
                 key = keys.idempotency_key(request.checkout_token)
@@ -140,7 +175,7 @@ class Producer:
                 )
             outcomes = await pipe.execute()
         log = get_logger(batch=report.batch)
-        for (number, request), (outcome, state, owner) in zip(chunk, outcomes, strict=True):
+        for (line, request), (outcome, state, owner) in zip(chunk, outcomes, strict=True):
             token = request.checkout_token
             key = keys.idempotency_key(token)
             if outcome == "enqueued":
@@ -158,7 +193,7 @@ class Producer:
             else:
                 report.rejected.append(
                     Rejection(
-                        number,
+                        line,
                         f"checkoutToken {token!r} was already enqueued (batch {owner}, {state}) "
                         "with a different body; an idempotency key cannot be reused for "
                         "another request",
@@ -167,5 +202,69 @@ class Producer:
                 log.warning("checkout.conflict", checkout_token=token, idempotency_key=key)
 
 
-def _now_ms() -> int:
-    return int(time.time() * 1000)
+async def _checked(
+    requests: Iterable[Mapping[str, Any] | CheckoutRequest]
+    | AsyncIterable[Mapping[str, Any] | CheckoutRequest],
+) -> AsyncIterator[Numbered]:
+    position = 0
+    async for request in _each(requests):
+        position += 1
+        yield checked(position, request)
+
+
+async def _next(items: AsyncIterator[T]) -> T:
+    return await anext(items)
+
+
+class SyncProducer:
+    """The producer for code that is not async, such as most invoicing systems.
+
+    with SyncProducer() as producer:
+        report = producer.enqueue(requests)
+        producer.wait(report.batch)
+        rows = list(producer.results(report.batch))
+    """
+
+    def __init__(self, config: ProducerConfig | None = None) -> None:
+        self._runner = asyncio.Runner()
+        self._producer = Producer.connect(config)
+
+    def enqueue(
+        self,
+        requests: Iterable[Mapping[str, Any] | CheckoutRequest],
+        batch: str | None = None,
+        webhook_url: str | None = None,
+    ) -> EnqueueReport:
+        return self._runner.run(self._producer.enqueue(requests, batch, webhook_url))
+
+    def status(self, batch: str) -> dict[str, Any] | None:
+        return self._runner.run(self._producer.status(batch))
+
+    def wait(
+        self, batch: str, *, poll_interval: float = 0.5, timeout: float | None = None
+    ) -> dict[str, Any]:
+        waiting = self._producer.wait(batch, poll_interval=poll_interval)
+        return self._runner.run(asyncio.wait_for(waiting, timeout))
+
+    def results(self, batch: str) -> Iterator[dict[str, Any]]:
+        rows = self._producer.results(batch)
+        while True:
+            try:
+                yield self._runner.run(_next(rows))
+            except StopAsyncIteration:
+                return
+
+    def close(self) -> None:
+        self._runner.run(self._producer.close())
+        self._runner.close()
+
+    def __enter__(self) -> SyncProducer:
+        return self
+
+    def __exit__(
+        self,
+        _type: type[BaseException] | None,
+        _value: BaseException | None,
+        _traceback: TracebackType | None,
+    ) -> None:
+        self.close()

@@ -6,6 +6,7 @@ import orjson
 from arq.jobs import serialize_job
 
 JOB_FUNCTION = "create_checkout_session"
+WEBHOOK_FUNCTION = "notify_batch_completed"
 
 
 def serialize(job: dict[str, Any]) -> bytes:
@@ -18,6 +19,6 @@ def deserialize(payload: bytes) -> dict[str, Any]:
     return job
 
 
-def job_payload(key: str, enqueued_at_ms: int) -> bytes:
-    """arq's stored job for one checkout request: the job function, called with its key."""
-    return serialize_job(JOB_FUNCTION, (key,), {}, None, enqueued_at_ms, serializer=serialize)
+def job_payload(key: str, enqueued_at_ms: int, function: str = JOB_FUNCTION) -> bytes:
+    """arq's stored job: the function, called with one key (an idempotency key or a batch)."""
+    return serialize_job(function, (key,), {}, None, enqueued_at_ms, serializer=serialize)

@@ -85,21 +85,6 @@ async def read_record(redis: Redis, key: str) -> Record | None:
     return Record.from_hash(key, fields) if fields else None
 
 
-async def batch_status(redis: Redis, batch: str) -> dict[str, Any] | None:
-    """Counts of a batch's requests by state; None when the batch is unknown or expired."""
-    counters: dict[str, str] = await redis.hgetall(keys.batch_key(batch))  # type: ignore[misc]
-    if not counters:
-        return None
-    counts = {state.value: int(counters.get(state.value, 0)) for state in State}
-    total = int(counters.get("total", 0))
-    return {
-        "batch": batch,
-        "total": total,
-        **counts,
-        "done": "completed_at" in counters,
-    }
-
-
 async def iter_records(redis: Redis, batch: str, page: int = 500) -> AsyncIterator[Record]:
     """A batch's records in enqueue order, read a page at a time so memory stays flat."""
     members = keys.batch_members_key(batch)

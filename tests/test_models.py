@@ -13,7 +13,7 @@ from pydantic import ValidationError
 
 from jobs.keys import idempotency_key
 from jobs.models import CheckoutRequest, personal_data
-from jobs.producer import describe, read_json_lines
+from jobs.intake import describe, read_json_lines
 
 EXAMPLES = Path(__file__).resolve().parents[1] / "examples"
 

@@ -16,6 +16,7 @@ from worker.config import ConomyConfig, WorkerConfig
 from worker.conomy import ConomyClient, open_http
 from worker.outcomes import Outcomes
 from worker.tasks import Deps, create_checkout_session
+from worker.webhooks import notify_batch_completed
 
 
 async def startup(ctx: dict[str, Any]) -> None:
@@ -37,7 +38,10 @@ async def shutdown(ctx: dict[str, Any]) -> None:
 class WorkerSettings:
     """arq reads these; `run` overrides what the configuration decides."""
 
-    functions: ClassVar[list[Function]] = [func(create_checkout_session, name=queue.JOB_FUNCTION)]
+    functions: ClassVar[list[Function]] = [
+        func(create_checkout_session, name=queue.JOB_FUNCTION),
+        func(notify_batch_completed, name=queue.WEBHOOK_FUNCTION),
+    ]
     queue_name = keys.QUEUE
     on_startup = startup
     on_shutdown = shutdown
@@ -59,7 +63,7 @@ def redis_settings(url: str) -> RedisSettings:
 
 def run(config: WorkerConfig, conomy: ConomyConfig, *, burst: bool = False) -> None:
     secrets = [conomy.api_key.get_secret_value()]
-    for secret in (conomy.access_token, conomy.client_secret):
+    for secret in (conomy.access_token, conomy.client_secret, config.webhook_secret):
         if secret is not None:
             secrets.append(secret.get_secret_value())
     configure(config.log_level, secrets)

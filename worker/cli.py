@@ -8,8 +8,9 @@ import csv
 import shutil
 import sys
 import tempfile
-from collections.abc import Callable, Coroutine
+from collections.abc import Callable, Coroutine, Iterator
 from contextlib import ExitStack, suppress
+from pathlib import Path
 from typing import IO, Any, TextIO, TypeVar
 
 import orjson
@@ -17,13 +18,14 @@ from pydantic import ValidationError
 from pydantic_settings import BaseSettings
 
 from jobs.config import ProducerConfig
-from jobs.connection import connect
 from jobs.deadletters import DeadLetters, dead_letters
+from jobs.intake import Numbered, read_csv, read_json_lines
 from jobs.logs import configure
-from jobs.producer import EnqueueReport, Producer, Rejection, new_batch_id, read_json_lines
-from jobs.records import RESULT_COLUMNS, batch_status, iter_records
+from jobs.producer import EnqueueReport, Producer, Rejection, new_batch_id
+from jobs.records import RESULT_COLUMNS
 from worker import sandbox
 from worker.config import ConomyConfig, WorkerConfig, describe
+from worker.progress import watch
 
 Config = TypeVar("Config", bound=BaseSettings)
 
@@ -44,30 +46,44 @@ def print_json(value: Any, out: TextIO = sys.stdout) -> None:
     out.write(orjson.dumps(value).decode() + "\n")
 
 
+def producer() -> Producer:
+    return Producer.connect(load(ProducerConfig))
+
+
+def requests_in(source: IO[bytes], template: Any) -> Iterator[Numbered]:
+    return read_csv(source, template) if template is not None else read_json_lines(source)
+
+
 async def enqueue(args: argparse.Namespace) -> int:
-    config = load(ProducerConfig)
+    template = orjson.loads(Path(args.template).read_bytes()) if args.template else None
     configure()
-    redis = connect(str(config.redis_url))
-    with ExitStack() as stack:
-        source: IO[bytes] = (
-            sys.stdin.buffer if args.file == "-" else stack.enter_context(open(args.file, "rb"))
-        )
-        rejected: list[Rejection] = []
-        if args.strict:
-            # Two passes, so standard input is kept on disk for the second one.
-            if not source.seekable():
-                copy = stack.enter_context(tempfile.TemporaryFile())
-                shutil.copyfileobj(source, copy)
-                source = copy
-            rejected = [Rejection(n, r) for n, r in read_json_lines(source) if isinstance(r, str)]
-            source.seek(0)
-        report = (
-            EnqueueReport(args.batch or new_batch_id(), rejected=rejected)
-            if rejected
-            else await Producer(redis, config).enqueue(read_json_lines(source), batch=args.batch)
-        )
-    await redis.aclose()
-    print_report(report, args.json)
+    async with producer() as p:
+        with ExitStack() as stack:
+            source: IO[bytes] = (
+                sys.stdin.buffer if args.file == "-" else stack.enter_context(open(args.file, "rb"))
+            )
+            rejected: list[Rejection] = []
+            if args.strict:
+                # Two passes, so standard input is kept on disk for the second one.
+                if not source.seekable():
+                    copy = stack.enter_context(tempfile.TemporaryFile())
+                    shutil.copyfileobj(source, copy)
+                    source = copy
+                rejected = [
+                    Rejection(n, r) for n, r in requests_in(source, template) if isinstance(r, str)
+                ]
+                source.seek(0)
+            report = (
+                EnqueueReport(args.batch or new_batch_id(), rejected=rejected)
+                if rejected
+                else await p.enqueue_numbered(
+                    requests_in(source, template), args.batch, args.webhook
+                )
+            )
+        print_report(report, args.json)
+        if report.enqueued + report.duplicates and args.wait:
+            final = await watch(p, report.batch)
+            return 1 if final["failed"] else 0
     return EXIT_REJECTED if report.rejected else 0
 
 
@@ -86,67 +102,77 @@ def print_report(report: EnqueueReport, as_json: bool) -> None:
 
 
 async def status(args: argparse.Namespace) -> int:
-    config = load(ProducerConfig)
-    redis = connect(str(config.redis_url))
-    counts = await batch_status(redis, args.batch)
-    await redis.aclose()
-    if counts is None:
-        print(f"paylinks: no batch {args.batch!r} (unknown or expired)", file=sys.stderr)
-        return 1
+    async with producer() as p:
+        counts = await p.status(args.batch)
+        if counts is None:
+            print(f"paylinks: no batch {args.batch!r} (unknown or expired)", file=sys.stderr)
+            return 1
+        if args.json or not sys.stdout.isatty():
+            print_json(counts)
+        else:
+            await watch(p, args.batch)
+    return 0
+
+
+async def batches(args: argparse.Namespace) -> int:
+    async with producer() as p:
+        recent = await p.batches.recent(args.limit)
     if args.json or not sys.stdout.isatty():
-        print_json(counts)
-    else:
-        print("  ".join(f"{name}: {value}" for name, value in counts.items()))
+        for counts in recent:
+            print_json(counts)
+        return 0
+    for c in recent:
+        print(
+            f"{c['batch']:<28} total {c['total']:>7}  created {c['created']:>7}  "
+            f"failed {c['failed']:>6}  pending {c['total'] - c['created'] - c['failed']:>7}  "
+            f"{'done' if c['done'] else 'running'}"
+        )
     return 0
 
 
 async def results(args: argparse.Namespace) -> int:
-    config = load(ProducerConfig)
-    redis = connect(str(config.redis_url))
-    with ExitStack() as stack:
-        out = stack.enter_context(open(args.output, "w", newline="")) if args.output else sys.stdout
-        writer = csv.DictWriter(out, RESULT_COLUMNS) if args.format == "csv" else None
-        if writer:
-            writer.writeheader()
-        async for record in iter_records(redis, args.batch):
+    async with producer() as p:
+        with ExitStack() as stack:
+            out = (
+                stack.enter_context(open(args.output, "w", newline=""))
+                if args.output
+                else sys.stdout
+            )
+            writer = csv.DictWriter(out, RESULT_COLUMNS) if args.format == "csv" else None
             if writer:
-                writer.writerow(record.result())
-            else:
-                print_json(record.result(), out)
-    await redis.aclose()
+                writer.writeheader()
+            async for row in p.results(args.batch):
+                if writer:
+                    writer.writerow(row)
+                else:
+                    print_json(row, out)
     return 0
 
 
 async def list_dead_letters(args: argparse.Namespace) -> int:
-    config = load(ProducerConfig)
-    redis = connect(str(config.redis_url))
-    async for letter in dead_letters(redis, batch=args.batch):
-        row = letter.as_json()
-        if args.json:
-            print_json(row)
-        else:
-            print(
-                f"{row['failedAt']}  {row['checkoutToken']}  batch {row['batch']}  "
-                f"attempts {row['attempts']}  HTTP {row['httpStatus'] or '-'}  {row['error']}"
-            )
-    await redis.aclose()
+    async with producer() as p:
+        async for letter in dead_letters(p.redis, batch=args.batch):
+            row = letter.as_json()
+            if args.json:
+                print_json(row)
+            else:
+                print(
+                    f"{row['failedAt']}  {row['checkoutToken']}  batch {row['batch']}  "
+                    f"attempts {row['attempts']}  HTTP {row['httpStatus'] or '-'}  {row['error']}"
+                )
     return 0
 
 
 async def retry_dead_letters(args: argparse.Namespace) -> int:
-    config = load(ProducerConfig)
-    redis = connect(str(config.redis_url))
-    counts = await DeadLetters(redis, config).retry(batch=args.batch, token=args.token)
-    await redis.aclose()
+    async with producer() as p:
+        counts = await DeadLetters(p.redis, p.config).retry(batch=args.batch, token=args.token)
     print_json(counts)
     return 0
 
 
 async def purge_dead_letters(args: argparse.Namespace) -> int:
-    config = load(ProducerConfig)
-    redis = connect(str(config.redis_url))
-    purged = await DeadLetters(redis, config).purge(batch=args.batch)
-    await redis.aclose()
+    async with producer() as p:
+        purged = await DeadLetters(p.redis, p.config).purge(batch=args.batch)
     print_json({"purged": purged})
     return 0
 
@@ -185,10 +211,13 @@ def parser() -> argparse.ArgumentParser:
     commands = root.add_subparsers(dest="command", required=True)
 
     p = commands.add_parser("enqueue", help="validate checkout requests and enqueue a batch")
-    p.add_argument("file", help="JSON Lines file of checkout requests, or - for stdin")
+    p.add_argument("file", help="JSON Lines (or CSV with --template) file, or - for stdin")
     p.add_argument("--batch", help="batch id (default: a new one)")
     p.add_argument("--json", action="store_true", help="print the report as one JSON object")
     p.add_argument("--strict", action="store_true", help="enqueue nothing if any line is bad")
+    p.add_argument("--template", help="read CSV, mapped into requests by this JSON template")
+    p.add_argument("--wait", action="store_true", help="show progress until the batch is done")
+    p.add_argument("--webhook", help="POST the batch's completion here, signed (HMAC-SHA256)")
     p.set_defaults(run=in_loop(enqueue))
 
     p = commands.add_parser("worker", help="run one worker process")
@@ -200,6 +229,11 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("batch")
     p.add_argument("--json", action="store_true")
     p.set_defaults(run=in_loop(status))
+
+    p = commands.add_parser("batches", help="recent batches with their counts")
+    p.add_argument("--limit", type=int, default=20)
+    p.add_argument("--json", action="store_true", help="one JSON object a line")
+    p.set_defaults(run=in_loop(batches))
 
     p = commands.add_parser("results", help="one row per checkout request of a batch")
     p.add_argument("batch")

@@ -56,6 +56,8 @@ class WorkerConfig(ProducerConfig):
     retry_base: PositiveFloat = 1
     retry_cap: PositiveFloat = 120
     shutdown_grace: PositiveInt = 25
+    # Signs the POST to a batch's webhook (enqueue --webhook), HMAC-SHA256.
+    webhook_secret: SecretStr | None = None
     log_level: str = "INFO"
 
 

@@ -13,12 +13,12 @@ from contextlib import ExitStack
 from pathlib import Path
 from typing import BinaryIO
 
-from jobs.config import ProducerConfig
-from jobs.connection import connect
+from jobs.intake import read_json_lines
 from jobs.logs import configure
-from jobs.producer import Producer, read_json_lines
-from jobs.records import RESULT_COLUMNS, batch_status, iter_records
+from jobs.producer import Producer
+from jobs.records import RESULT_COLUMNS
 from worker.ports import free_port, wait_for_port
+from worker.progress import watch
 from worker.redis_server import RedisServer
 
 RESULTS = Path("results")
@@ -65,47 +65,29 @@ def _stop(processes: list[subprocess.Popen[bytes]]) -> None:
 
 
 async def _enqueue_and_watch(file: str) -> int:
-    config = ProducerConfig()
     configure("WARNING")
-    redis = connect(str(config.redis_url))
-    with open(file, "rb") as lines:
-        report = await Producer(redis, config).enqueue(read_json_lines(lines))
-    print(
-        f"batch {report.batch}: enqueued {report.enqueued}, duplicates {report.duplicates}, "
-        f"rejected {len(report.rejected)}"
-    )
-    for rejection in report.rejected:
-        print(f"  line {rejection.line}: {rejection.error}")
-    started = time.monotonic()
-    while True:
-        counts = await batch_status(redis, report.batch) or {}
-        done = counts.get("created", 0) + counts.get("failed", 0)
-        total = counts.get("total", 0)
-        width = 30
-        filled = width * done // total if total else width
+    async with Producer.connect() as producer:
+        with open(file, "rb") as lines:
+            report = await producer.enqueue_numbered(read_json_lines(lines))
         print(
-            f"\r[{'#' * filled}{'.' * (width - filled)}] {done}/{total}  "
-            f"created {counts.get('created', 0)}  retrying {counts.get('retrying', 0)}  "
-            f"failed {counts.get('failed', 0)}  {time.monotonic() - started:5.1f}s",
-            end="",
-            flush=True,
+            f"batch {report.batch}: enqueued {report.enqueued}, "
+            f"duplicates {report.duplicates}, rejected {len(report.rejected)}"
         )
-        if counts.get("done"):
-            break
-        await asyncio.sleep(0.5)
-    print()
-    path = RESULTS / f"{report.batch}.csv"
-    with open(path, "w", newline="") as out:
-        writer = csv.DictWriter(out, RESULT_COLUMNS)
-        writer.writeheader()
-        async for record in iter_records(redis, report.batch):
-            writer.writerow(record.result())
-    await redis.aclose()
-    elapsed = time.monotonic() - started
+        for rejection in report.rejected:
+            print(f"  line {rejection.line}: {rejection.error}")
+        started = time.monotonic()
+        status = await watch(producer, report.batch)
+        elapsed = time.monotonic() - started
+        path = RESULTS / f"{report.batch}.csv"
+        with open(path, "w", newline="") as out:
+            writer = csv.DictWriter(out, RESULT_COLUMNS)
+            writer.writeheader()
+            async for row in producer.results(report.batch):
+                writer.writerow(row)
     print(
-        f"done in {elapsed:.1f}s: {counts['created']} payment links created, "
-        f"{counts['failed']} failed, of {counts['total']}"
+        f"done in {elapsed:.1f}s: {status['created']} payment links created, "
+        f"{status['failed']} failed, of {status['total']}"
     )
     print(f"results: {path}")
-    failed: int = counts["failed"]
+    failed: int = status["failed"]
     return failed

@@ -8,7 +8,7 @@ from dataclasses import dataclass
 from redis.asyncio import Redis
 
 from jobs import keys
-from jobs.logs import get_logger
+from jobs.batches import Batches
 from jobs.records import Record, State, lua
 
 
@@ -22,6 +22,7 @@ class Transition:
 class Outcomes:
     def __init__(self, redis: Redis) -> None:
         self.redis = redis
+        self.batches = Batches(redis)
         self._transition = redis.register_script(lua("worker", "transition"))
 
     async def move(
@@ -37,10 +38,10 @@ class Outcomes:
         pairs: list[str | int] = []
         for name, value in fields.items():
             pairs += [name, "" if value is None else value]
-        previous, attempts, completed = await self._transition(
+        previous, attempts, ending = await self._transition(
             keys=[keys.checkout_key(record.key), keys.batch_key(record.batch), keys.DEAD_LETTERS],
             args=[record.key, state.value, now, "1" if new_attempt else "0", *pairs],
         )
-        if completed:
-            get_logger().info("batch.completed", batch=record.batch)
-        return Transition(previous, int(attempts), bool(completed))
+        # Many workers may see the last counts together; only one completes the batch.
+        completed = bool(ending) and await self.batches.complete(record.batch)
+        return Transition(previous, int(attempts), completed)

@@ -15,7 +15,6 @@ redis.call('HSET', KEYS[1],
 redis.call('PEXPIRE', KEYS[1], ARGV[8])
 redis.call('RPUSH', KEYS[3], ARGV[1])
 redis.call('PEXPIRE', KEYS[3], ARGV[8])
-redis.call('HSETNX', KEYS[2], 'created_at', ARGV[7])
 redis.call('HINCRBY', KEYS[2], 'total', 1)
 redis.call('HINCRBY', KEYS[2], 'queued', 1)
 redis.call('PEXPIRE', KEYS[2], ARGV[8])

@@ -2,7 +2,7 @@
 -- KEYS: checkout record, batch counters, dead letters
 -- ARGV: idempotency key, new state, now (ms), '1' to count a new attempt,
 --       then field/value pairs to store
--- Returns {previous state, attempts, 1 if this move completed the batch}.
+-- Returns {previous state, attempts, 1 if the batch may now be complete}.
 local old = redis.call('HGET', KEYS[1], 'state')
 if not old then return {'', 0, 0} end
 local attempts = tonumber(redis.call('HGET', KEYS[1], 'attempts') or 0)
@@ -16,11 +16,9 @@ if old ~= new then
   redis.call('HINCRBY', KEYS[2], new, 1)
 end
 if new == 'failed' then redis.call('ZADD', KEYS[3], ARGV[3], ARGV[1]) end
-local completed = 0
+local ending = 0
 if new == 'created' or new == 'failed' then
-  local c = redis.call('HMGET', KEYS[2], 'total', 'created', 'failed', 'sealed')
-  if c[4] == '1' and tonumber(c[2] or 0) + tonumber(c[3] or 0) == tonumber(c[1] or 0) then
-    completed = redis.call('HSETNX', KEYS[2], 'completed_at', ARGV[3])
-  end
+  local c = redis.call('HMGET', KEYS[2], 'total', 'created', 'failed')
+  if tonumber(c[2] or 0) + tonumber(c[3] or 0) == tonumber(c[1] or 0) then ending = 1 end
 end
-return {old, attempts, completed}
+return {old, attempts, ending}

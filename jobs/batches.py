@@ -1,0 +1,96 @@
+"""Batches: opening and sealing one, its counts by state, and its completion signal."""
+
+from __future__ import annotations
+
+import time
+from typing import Any
+
+from redis.asyncio import Redis
+
+from jobs import keys, queue
+from jobs.logs import get_logger
+from jobs.records import State, lua
+
+COMPLETED_STREAM_LENGTH = 10_000
+
+
+def now_ms() -> int:
+    return int(time.time() * 1000)
+
+
+class Batches:
+    def __init__(self, redis: Redis) -> None:
+        self.redis = redis
+        self._complete = redis.register_script(lua("jobs", "complete"))
+
+    async def open(self, batch: str, ttl_s: int, webhook_url: str | None = None) -> None:
+        """List the batch from its first request on, so `paylinks batches` shows it filling."""
+        now, ttl_ms = now_ms(), ttl_s * 1000
+        async with self.redis.pipeline(transaction=False) as pipe:
+            pipe.hsetnx(keys.batch_key(batch), "created_at", str(now))
+            if webhook_url:
+                pipe.hset(keys.batch_key(batch), "webhook_url", webhook_url)
+            pipe.pexpire(keys.batch_key(batch), ttl_ms)
+            pipe.zadd(keys.BATCHES, {batch: now}, nx=True)
+            pipe.zremrangebyscore(keys.BATCHES, 0, now - ttl_ms)
+            await pipe.execute()
+
+    async def seal(self, batch: str) -> bool:
+        """Every request of the batch is enqueued: from now on it can complete."""
+        await self.redis.hset(keys.batch_key(batch), "sealed", "1")  # type: ignore[misc]
+        return await self.complete(batch)
+
+    async def complete(self, batch: str) -> bool:
+        """Signal the batch's completion if all its requests ended; True for the one caller
+        that did, however many workers finish together."""
+        now = now_ms()
+        webhook_job = f"{queue.WEBHOOK_FUNCTION}:{batch}:{now}"
+        completed = await self._complete(
+            keys=[
+                keys.batch_key(batch),
+                keys.COMPLETED_BATCHES,
+                keys.arq_job_key(webhook_job),
+                keys.QUEUE,
+            ],
+            args=[
+                batch,
+                now,
+                webhook_job,
+                queue.job_payload(batch, now, queue.WEBHOOK_FUNCTION),
+                COMPLETED_STREAM_LENGTH,
+            ],
+        )
+        if completed:
+            counts = await self.status(batch) or {}
+            get_logger().info(
+                "batch.completed",
+                batch=batch,
+                total=counts.get("total"),
+                created=counts.get("created"),
+                failed=counts.get("failed"),
+            )
+        return bool(completed)
+
+    async def status(self, batch: str) -> dict[str, Any] | None:
+        """Counts of a batch's requests by state; None when the batch is unknown or expired."""
+        counters: dict[str, str] = await self.redis.hgetall(keys.batch_key(batch))  # type: ignore[misc]
+        if not counters:
+            return None
+        return {
+            "batch": batch,
+            "total": int(counters.get("total", 0)),
+            **{state.value: int(counters.get(state.value, 0)) for state in State},
+            "done": "completed_at" in counters,
+        }
+
+    async def recent(self, limit: int = 20) -> list[dict[str, Any]]:
+        """The newest batches first, with their counts; expired ones are dropped from the list."""
+        names: list[str] = await self.redis.zrange(keys.BATCHES, 0, limit - 1, desc=True)
+        found = []
+        for name in names:
+            status = await self.status(name)
+            if status is None:
+                await self.redis.zrem(keys.BATCHES, name)
+            else:
+                found.append(status)
+        return found

@@ -1,0 +1,102 @@
+"""Turning input into checkout requests: JSON Lines, CSV through a template, or Python objects."""
+
+from __future__ import annotations
+
+import csv
+import io
+import re
+from collections.abc import Iterable, Iterator, Mapping
+from typing import IO, Any
+
+import orjson
+from pydantic import ValidationError
+
+from jobs.models import CheckoutRequest
+
+# A request's line (or position) with the request, or with why it is not one.
+Numbered = tuple[int, CheckoutRequest | str]
+
+# `{column}`, or `{column:int}` for a field the API takes as a number (duration).
+_PLACEHOLDER = re.compile(r"\{([^{}:]+)(:int)?\}")
+
+
+def describe(error: ValidationError) -> str:
+    """Each problem as `field.path: reason`, with the wire's field names."""
+    parts = []
+    for e in error.errors(include_url=False):
+        path = "".join(f"[{p}]" if isinstance(p, int) else f".{p}" for p in e["loc"]).lstrip(".")
+        reason = "unknown field" if e["type"] == "extra_forbidden" else e["msg"]
+        reason = reason.removeprefix("Value error, ")
+        parts.append(f"{path}: {reason}" if path else reason)
+    return "; ".join(parts)
+
+
+def parse(data: Mapping[str, Any] | CheckoutRequest) -> CheckoutRequest:
+    """A checkout request from its wire form: the reference's camelCase names only."""
+    if isinstance(data, CheckoutRequest):
+        return data
+    return CheckoutRequest.model_validate(data, by_alias=True, by_name=False)
+
+
+def checked(position: int, request: Mapping[str, Any] | CheckoutRequest) -> Numbered:
+    """A request given as a Python object, with its position, or why it is not valid."""
+    try:
+        return position, parse(request)
+    except ValidationError as e:
+        return position, describe(e)
+
+
+def read_json_lines(lines: Iterable[str | bytes]) -> Iterator[Numbered]:
+    """Each non-blank line's number with its checkout request, or with why it is not one."""
+    for line_number, line in enumerate(lines, start=1):
+        if not line.strip():
+            continue
+        try:
+            yield line_number, parse(orjson.loads(line))
+        except orjson.JSONDecodeError as e:
+            yield line_number, f"invalid JSON: {e}"
+        except ValidationError as e:
+            yield line_number, describe(e)
+
+
+def read_csv(source: IO[bytes], template: Any) -> Iterator[Numbered]:
+    """CSV rows mapped into requests by a JSON template whose strings name `{column}`s.
+
+    A string that is only a placeholder for an empty cell leaves its field out, so optional
+    columns (a customer's phone, a tax) can be blank; `{column:int}` gives a number. Line
+    numbers count the header as line 1.
+    """
+    rows = csv.DictReader(io.TextIOWrapper(source, encoding="utf-8-sig", newline=""))
+    for row in rows:
+        line_number = rows.line_num
+        try:
+            yield line_number, parse(_render(template, row))
+        except KeyError as e:
+            yield line_number, f"the template names column {e.args[0]!r}, which the CSV lacks"
+        except ValueError as e:
+            yield line_number, str(e)
+        except ValidationError as e:
+            yield line_number, describe(e)
+
+
+def _render(template: Any, row: Mapping[str, str]) -> Any:
+    if isinstance(template, str):
+        whole = _PLACEHOLDER.fullmatch(template)
+        if whole:
+            column, as_int = whole.groups()
+            value = row[column].strip()
+            if not value or not as_int:
+                return value or None
+            if not value.isdigit():
+                raise ValueError(f"{column}: must be a whole number, got {value!r}")
+            return int(value)
+        return _PLACEHOLDER.sub(lambda m: row[m.group(1)].strip(), template)
+    if isinstance(template, list):
+        rendered = [_render(item, row) for item in template]
+        return [item for item in rendered if item is not None]
+    if isinstance(template, dict):
+        fields = {name: _render(value, row) for name, value in template.items()}
+        kept = {name: value for name, value in fields.items() if value is not None}
+        # An object whose every field came from blank cells is left out as a whole.
+        return kept if kept or not template else None
+    return template
