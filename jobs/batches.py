@@ -81,6 +81,8 @@ class Batches:
             "total": int(counters.get("total", 0)),
             **{state.value: int(counters.get(state.value, 0)) for state in State},
             "done": "completed_at" in counters,
+            # Time the batch's calls spent waiting for the fleet's rate limit, added up.
+            "ratelimit_wait_s": round(int(counters.get("ratelimit_wait_ms", 0)) / 1000, 3),
         }
 
     async def recent(self, limit: int = 20) -> list[dict[str, Any]]:

@@ -72,6 +72,7 @@ async def test_a_batch_becomes_payment_links_exactly_once(
         "created": total,
         "failed": 0,
         "done": True,
+        "ratelimit_wait_s": 0.0,
     }
     rows = results(report["batch"], env)
     assert len(rows) == total

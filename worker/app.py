@@ -11,10 +11,11 @@ from arq.worker import Function, run_worker
 from jobs import keys, queue
 from jobs.connection import RETRY_ON_ERROR, connect, restart_retry
 from jobs.logs import configure
-from worker.auth import access_tokens
+from worker.auth import access_tokens, credential_id
 from worker.config import ConomyConfig, WorkerConfig
 from worker.conomy import ConomyClient, open_http
 from worker.outcomes import Outcomes
+from worker.ratelimit import Limiter, RateLimit
 from worker.tasks import Deps, create_checkout_session
 from worker.webhooks import notify_batch_completed
 
@@ -25,7 +26,16 @@ async def startup(ctx: dict[str, Any]) -> None:
     redis = connect(str(config.redis_url))
     http = open_http(config)
     client = ConomyClient(conomy, http, access_tokens(conomy, redis, http))
-    ctx["paylinks"] = Deps(config, redis, http, client, Outcomes(redis))
+    limit = RateLimit(
+        rate=config.rate_limit,
+        burst=config.rate_burst,
+        max_in_flight=config.max_in_flight,
+        # A lease covers the wait for its slot and the call; past that it is a dead worker's.
+        lease_seconds=config.rate_max_wait + config.http_timeout + 5,
+        adaptive=config.rate_adaptive,
+    )
+    limiter = Limiter(redis, credential_id(conomy), limit)
+    ctx["paylinks"] = Deps(config, redis, http, client, Outcomes(redis), limiter)
 
 
 async def shutdown(ctx: dict[str, Any]) -> None:

@@ -4,6 +4,8 @@ from typing import Self
 
 from pydantic import (
     AnyHttpUrl,
+    NonNegativeFloat,
+    NonNegativeInt,
     PositiveFloat,
     PositiveInt,
     SecretStr,
@@ -56,6 +58,13 @@ class WorkerConfig(ProducerConfig):
     retry_base: PositiveFloat = 1
     retry_cap: PositiveFloat = 120
     shutdown_grace: PositiveInt = 25
+    # One limit for the whole fleet, per API credential (calls per second; 0 = none).
+    rate_limit: NonNegativeFloat = 0
+    rate_burst: PositiveInt = 1
+    max_in_flight: NonNegativeInt = 0
+    rate_adaptive: bool = False
+    # A job waits this long for its slot at most; past it, arq brings the job back later.
+    rate_max_wait: PositiveFloat = 20
     # Signs the POST to a batch's webhook (enqueue --webhook), HMAC-SHA256.
     webhook_secret: SecretStr | None = None
     log_level: str = "INFO"

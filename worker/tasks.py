@@ -13,6 +13,7 @@ from pydantic import ValidationError
 from redis.asyncio import Redis
 from redis.exceptions import RedisError
 
+from jobs import keys
 from jobs.logs import get_logger
 from jobs.models import CheckoutSession, personal_data
 from jobs.records import Record, State, read_record
@@ -20,6 +21,7 @@ from worker.auth import AuthError
 from worker.config import WorkerConfig
 from worker.conomy import ApiAnswer, ConomyClient
 from worker.outcomes import Outcomes
+from worker.ratelimit import Limiter, RateLimited
 from worker.retries import backoff, is_retryable, retry_after_seconds
 
 # How much of a failed call's response body a dead letter keeps.
@@ -35,6 +37,7 @@ class Deps:
     http: aiohttp.ClientSession
     client: ConomyClient
     outcomes: Outcomes
+    limiter: Limiter
 
 
 async def create_checkout_session(ctx: dict[str, Any], key: str) -> str:
@@ -69,31 +72,60 @@ async def _create(deps: Deps, key: str) -> str:
         await _fail(deps, record, log, record.attempts, f"gave up after {record.attempts} attempts")
         return State.FAILED.value
 
-    # Marked in flight before the call: if this worker dies now, the next run of the job
-    # finds the record in progress and sends the same Idempotency-Key again.
-    attempt = (await deps.outcomes.move(record, State.IN_PROGRESS, new_attempt=True)).attempts
-    log = log.bind(attempt=attempt)
-    started = time.monotonic()
     try:
-        answer = await deps.client.create_checkout_session(record.request.encode(), key)
-    except (aiohttp.ClientError, TimeoutError) as e:
-        reason = "timeout" if isinstance(e, TimeoutError) else f"connection: {type(e).__name__}"
-        return await _retry_or_fail(deps, record, log, attempt, reason, None, started)
-    except AuthError as e:
-        if e.status is not None and not is_retryable(e.status):
-            await _fail(deps, record, log, attempt, f"authentication: {e}")
-            return State.FAILED.value
-        return await _retry_or_fail(deps, record, log, attempt, str(e), None, started)
+        async with deps.limiter.slot(max_wait=deps.config.rate_max_wait) as waited:
+            if waited:
+                await _waited(deps, record, log, waited)
+            # Marked in flight before the call: if this worker dies now, the next run of the
+            # job finds the record in progress and sends the same Idempotency-Key again.
+            moved = await deps.outcomes.move(record, State.IN_PROGRESS, new_attempt=True)
+            log = log.bind(attempt=moved.attempts)
+            started = time.monotonic()
+            answer = await _call(deps, record)
+    except RateLimited as e:
+        # No slot soon enough: not an attempt, the record keeps its state, and the job
+        # comes back when the limiter expects a slot to be free.
+        log.info("ratelimit.deferred", retry_in_s=round(e.retry_in, 3))
+        raise Retry(defer=e.retry_in) from e
+    attempt = moved.attempts
 
+    if isinstance(answer, AuthError):
+        if answer.status is not None and not is_retryable(answer.status):
+            await _fail(deps, record, log, attempt, f"authentication: {answer}")
+            return State.FAILED.value
+        return await _retry_or_fail(deps, record, log, attempt, str(answer), None, started)
+    if isinstance(answer, str):
+        return await _retry_or_fail(deps, record, log, attempt, answer, None, started)
     log = log.bind(http_status=answer.status, duration_ms=_ms_since(started))
     if answer.ok:
+        await deps.limiter.succeeded()
         return await _created(deps, record, log, answer, attempt, started)
     if is_retryable(answer.status):
+        if answer.status == 429:
+            # The limit is the credential's: every worker holds off, not only this one.
+            pause = retry_after_seconds(answer.retry_after) or deps.config.retry_base
+            await deps.limiter.pause(pause)
         return await _retry_or_fail(
             deps, record, log, attempt, answer.error_message(), answer, started
         )
     await _fail(deps, record, log, attempt, answer.error_message(), answer)
     return State.FAILED.value
+
+
+async def _call(deps: Deps, record: Record) -> ApiAnswer | AuthError | str:
+    """The API's answer, the token endpoint's failure, or why no answer came (a reason)."""
+    try:
+        return await deps.client.create_checkout_session(record.request.encode(), record.key)
+    except (aiohttp.ClientError, TimeoutError) as e:
+        return "timeout" if isinstance(e, TimeoutError) else f"connection: {type(e).__name__}"
+    except AuthError as e:
+        return e
+
+
+async def _waited(deps: Deps, record: Record, log: Any, waited: float) -> None:
+    waited_ms = int(waited * 1000)
+    log.info("ratelimit.waited", waited_ms=waited_ms)
+    await deps.redis.hincrby(keys.batch_key(record.batch), "ratelimit_wait_ms", waited_ms)  # type: ignore[misc]
 
 
 async def _created(

@@ -1,0 +1,117 @@
+-- The fleet's rate limit for one API credential: GCRA slots, in-flight leases, 429 pauses.
+-- KEYS: pause (until when, µs), tat (GCRA theoretical arrival time, µs), leases (sorted set of
+--       lease ids scored by expiry, µs), wake (list a release pushes to), adaptive (hash)
+-- ARGV: operation, rate (calls/s, 0 = unlimited), burst, max in flight (0 = no cap), lease (µs),
+--       adaptive ('1'/'0'), recovery period (µs), then the operation's own arguments:
+--   acquire lease-id max-wait-µs -> {1, wait µs, slot µs}: reserved, sleep until the slot
+--                                   {0, wait µs, 0}: the slot is further than max-wait; nothing taken
+--                                   {2, µs until the first lease expires, 0}: every lease is held
+--   release lease-id             -> 1 if the lease was held
+--   pause µs                     -> 1 if the rate was lowered (adaptive mode)
+--   recover                      -> 1 if the rate was raised (adaptive mode)
+-- Every time is the Redis server's clock, so hosts whose clocks disagree share one schedule.
+local pause_key, tat_key, leases_key, wake_key, adaptive_key = unpack(KEYS)
+local op = ARGV[1]
+local rate, burst, cap = tonumber(ARGV[2]), tonumber(ARGV[3]), tonumber(ARGV[4])
+local lease_us, adaptive, recovery_us = tonumber(ARGV[5]), ARGV[6] == '1', tonumber(ARGV[7])
+-- Adaptive mode: a 429 halves the rate, never below a tenth of it; each recovery period
+-- without a 429 that sees a successful call gives a tenth back.
+local FLOOR, STEP = 0.1, 0.1
+
+local function now()
+  local t = redis.call('TIME')
+  return tonumber(t[1]) * 1000000 + tonumber(t[2])
+end
+
+-- Redis would write a Lua number with 14 significant digits, too few for epoch microseconds.
+local function int(x) return string.format('%.0f', x) end
+
+local function ms(us) return int(math.max(1, math.ceil(us / 1000))) end
+
+local function keep(key, us)
+  if redis.call('PTTL', key) < us / 1000 then redis.call('PEXPIRE', key, ms(us)) end
+end
+
+local function current_rate()
+  if adaptive then
+    local lowered = tonumber(redis.call('HGET', adaptive_key, 'rate'))
+    if lowered and lowered < rate then return lowered end
+  end
+  return rate
+end
+
+if op == 'acquire' then
+  local lease, max_wait = ARGV[8], tonumber(ARGV[9])
+  local t = now()
+  local start = math.max(t, tonumber(redis.call('GET', pause_key) or 0))
+  if cap > 0 then
+    -- A killed worker's leases come back here, once they expire.
+    redis.call('ZREMRANGEBYSCORE', leases_key, '-inf', int(t))
+    if not redis.call('ZSCORE', leases_key, lease) and redis.call('ZCARD', leases_key) >= cap then
+      local first = redis.call('ZRANGE', leases_key, 0, 0, 'WITHSCORES')
+      return {2, tonumber(first[2]) - t, 0}
+    end
+  end
+  local slot, tat = start, nil
+  if rate > 0 then
+    -- GCRA: the slot is reserved now, up to burst - 1 intervals ahead of the schedule.
+    local interval = 1000000 / current_rate()
+    tat = math.max(tonumber(redis.call('GET', tat_key) or 0), start)
+    slot = math.max(start, tat - (burst - 1) * interval)
+    tat = tat + interval
+  end
+  if slot - t > max_wait then return {0, slot - t, 0} end
+  if tat then redis.call('SET', tat_key, int(tat), 'PX', ms(tat - t)) end
+  if cap > 0 then
+    redis.call('ZADD', leases_key, int(slot + lease_us), lease)
+    keep(leases_key, slot + lease_us - t)
+  end
+  return {1, slot - t, slot}
+end
+
+if op == 'release' then
+  if redis.call('ZREM', leases_key, ARGV[8]) == 0 then return 0 end
+  -- One wake-up per freed lease; the list never holds more than there are leases.
+  redis.call('LPUSH', wake_key, '1')
+  redis.call('LTRIM', wake_key, 0, cap - 1)
+  redis.call('PEXPIRE', wake_key, ms(lease_us))
+  return 1
+end
+
+if op == 'pause' then
+  local pause_us = tonumber(ARGV[8])
+  local t = now()
+  local paused_until = tonumber(redis.call('GET', pause_key) or 0)
+  if pause_us > 0 and t + pause_us > paused_until then
+    paused_until = t + pause_us
+    redis.call('SET', pause_key, int(paused_until), 'PX', ms(pause_us))
+  end
+  if not adaptive or rate <= 0 then return 0 end
+  -- 429s answered to calls sent before the last cut say nothing about the lowered rate.
+  if t < tonumber(redis.call('HGET', adaptive_key, 'hold') or 0) then return 0 end
+  redis.call('HSET', adaptive_key,
+    'rate', math.max(rate * FLOOR, current_rate() / 2),
+    'at', int(t),
+    'hold', int(math.max(paused_until, t + recovery_us)))
+  -- Forgotten once a full recovery's time has passed without a 429.
+  redis.call('PEXPIRE', adaptive_key, ms(recovery_us / STEP))
+  return 1
+end
+
+if op == 'recover' then
+  local state = redis.call('HMGET', adaptive_key, 'rate', 'at')
+  local lowered = tonumber(state[1])
+  if not lowered then return 0 end
+  local t = now()
+  if t - tonumber(state[2]) < recovery_us then return 0 end
+  lowered = lowered + rate * STEP
+  -- Half a step short of the configured rate is float rounding, not a rate to keep.
+  if lowered > rate - rate * STEP / 2 then
+    redis.call('DEL', adaptive_key)
+  else
+    redis.call('HSET', adaptive_key, 'rate', lowered, 'at', int(t))
+  end
+  return 1
+end
+
+return redis.error_reply('unknown operation ' .. tostring(op))

@@ -1,0 +1,159 @@
+"""One rate limit for the whole fleet, kept in Redis: GCRA slots, in-flight leases, 429 pauses."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+import uuid
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from dataclasses import dataclass
+from typing import Any
+
+from redis.asyncio import Redis
+
+from jobs import keys
+from jobs.records import lua
+
+# The script's answers to `acquire`, besides 1 for a reserved slot.
+_TOO_LONG, _ALL_LEASED = 0, 2
+# A waiter for a lease asks again at least this often: the wake-up it needed may have gone to
+# a waiter that was cancelled before it could take the lease.
+_LEASE_POLL = 1.0
+# Redis reads a BLPOP timeout under a millisecond as "block forever".
+_SHORTEST_BLOCK = 0.01
+
+
+class RateLimited(Exception):  # noqa: N818 - the name the job catches
+    """The wait for a slot would be longer than the caller allows; nothing was reserved."""
+
+    def __init__(self, retry_in: float) -> None:
+        super().__init__(f"rate limited, retry in {retry_in:.3f} s")
+        self.retry_in = retry_in
+
+
+@dataclass(frozen=True)
+class RateLimit:
+    """The limit one API credential gets across the fleet.
+
+    A lease is held from the slot until the call is over, and comes back by itself
+    `lease_seconds` after the slot if its holder dies: keep it above the HTTP timeout, or a
+    slow call's lease lapses and the cap is briefly exceeded. In adaptive mode a 429 halves the
+    rate (never below a tenth of `rate`), and each `recovery_seconds` without a 429 that see a
+    successful call give back a tenth of `rate`.
+    """
+
+    rate: float
+    burst: int = 1
+    max_in_flight: int = 0
+    lease_seconds: float = 30.0
+    adaptive: bool = False
+    recovery_seconds: float = 10.0
+
+    def __post_init__(self) -> None:
+        if self.rate < 0 or self.burst < 1 or self.max_in_flight < 0:
+            raise ValueError("rate and max_in_flight must be >= 0, burst >= 1")
+        if self.lease_seconds <= 0 or self.recovery_seconds <= 0:
+            raise ValueError("lease_seconds and recovery_seconds must be > 0")
+
+
+class Limiter:
+    """Slots of one credential's limit, shared through Redis by every process on every host.
+
+    One script call reserves the next GCRA slot (after any pause) and, under a cap, a lease,
+    held from then on; the caller then sleeps until its slot, with no retry loop. Only a full
+    cap makes a caller wait on other callers: it blocks on a list each release pushes to
+    (BLPOP), at most until the first lease expires or `_LEASE_POLL`, and asks again.
+    Keys: `paylinks:ratelimit:{credential}:` `pause`, `tat`, `leases`, `wake`, `adaptive`.
+    """
+
+    def __init__(self, redis: Redis, credential: str, limit: RateLimit) -> None:
+        self.redis = redis
+        self.limit = limit
+        prefix = f"{keys.PREFIX}:ratelimit:{credential}"
+        self._pause_key = f"{prefix}:pause"
+        self._wake_key = f"{prefix}:wake"
+        self._adaptive_key = f"{prefix}:adaptive"
+        self._keys = [
+            self._pause_key,
+            f"{prefix}:tat",
+            f"{prefix}:leases",
+            self._wake_key,
+            self._adaptive_key,
+        ]
+        self._config = [
+            limit.rate,
+            limit.burst,
+            limit.max_in_flight,
+            _micros(limit.lease_seconds),
+            int(limit.adaptive),
+            _micros(limit.recovery_seconds),
+        ]
+        self._script = redis.register_script(lua("worker", "ratelimit"))
+
+    @asynccontextmanager
+    async def slot(self, max_wait: float) -> AsyncIterator[float]:
+        """Wait for the pause, a rate slot and a lease; yield the seconds spent waiting for
+        them (not counting the round trips to Redis).
+
+        Raises RateLimited, holding nothing, when that would take longer than `max_wait`.
+        """
+        lease = uuid.uuid4().hex
+        try:
+            yield await self._take(lease, time.monotonic() + max_wait)
+        finally:
+            if self.limit.max_in_flight:
+                # Also after a failed `_take`: a cancellation can lose the answer of a script
+                # that took the lease. Shielded, so a second cancellation cannot leak it.
+                await asyncio.shield(self._call("release", lease))
+
+    async def pause(self, seconds: float) -> None:
+        """Hold every slot of the fleet for `seconds`, after a 429 (its Retry-After).
+
+        A longer pause already set stands. In adaptive mode, also lowers the rate.
+        """
+        await self._call("pause", _micros(seconds))
+
+    async def succeeded(self) -> None:
+        """Report a successful call: in adaptive mode, what lets a lowered rate recover."""
+        if self.limit.adaptive and self.limit.rate:
+            await self._call("recover")
+
+    async def effective_rate(self) -> float:
+        """The rate now in force: `rate`, or lower after a 429 in adaptive mode."""
+        if not self.limit.adaptive:
+            return self.limit.rate
+        lowered: str | None = await self.redis.hget(self._adaptive_key, "rate")  # type: ignore[misc]
+        return min(self.limit.rate, float(lowered)) if lowered else self.limit.rate
+
+    async def _take(self, lease: str, deadline: float) -> float:
+        waited = 0.0
+        while True:
+            remaining = deadline - time.monotonic()
+            answer, micros, slot = await self._call("acquire", lease, _micros(max(remaining, 0)))
+            wait: float = micros / 1_000_000
+            if answer == _TOO_LONG or (answer == _ALL_LEASED and remaining <= 0):
+                raise RateLimited(wait)
+            if answer == _ALL_LEASED:
+                timeout = max(_SHORTEST_BLOCK, min(remaining, wait, _LEASE_POLL))
+                blocked = time.monotonic()
+                await self.redis.blpop([self._wake_key], timeout)  # type: ignore[misc]
+                waited += time.monotonic() - blocked
+                continue
+            if not micros:
+                return waited
+            await asyncio.sleep(wait)
+            waited += wait
+            # A 429 during our sleep voids the slot: taking it would break the pause, and every
+            # sleeper taking it at the pause's end would be a burst. Reserve a later one; the
+            # void slot is lost, never given twice.
+            paused_until: str | None = await self.redis.get(self._pause_key)
+            if paused_until is None or int(paused_until) <= slot:
+                return waited
+
+    async def _call(self, operation: str, *args: str | int) -> Any:
+        return await self._script(keys=self._keys, args=[operation, *self._config, *args])
+
+
+def _micros(seconds: float) -> int:
+    return round(seconds * 1_000_000)
