@@ -137,7 +137,7 @@ class Limiter:
             if answer == _ALL_LEASED:
                 timeout = max(_SHORTEST_BLOCK, min(remaining, wait, _LEASE_POLL))
                 blocked = time.monotonic()
-                await self.redis.blpop([self._wake_key], timeout)  # type: ignore[misc]
+                await self.redis.blpop([self._wake_key], timeout)  # type: ignore[misc, arg-type]  # Redis 6+ takes a fraction
                 waited += time.monotonic() - blocked
                 continue
             if not micros:
