@@ -3,7 +3,8 @@
 from __future__ import annotations
 
 import re
-from collections.abc import Mapping
+from collections.abc import Iterator, Mapping
+from functools import cache
 from decimal import Decimal
 from typing import Annotated, Any, Literal
 
@@ -39,6 +40,7 @@ def _currency_code(value: str) -> str:
     return value
 
 
+@cache
 def minor_units(currency: str) -> int | None:
     """Decimals ISO 4217 allows for `currency`, or None when it is not a payable currency."""
     if not re.fullmatch(r"[A-Z]{3}", currency):
@@ -152,10 +154,10 @@ class CheckoutRequest(_Wire):
     @model_validator(mode="after")
     def _amounts_fit_currency_and_add_up(self) -> CheckoutRequest:
         allowed = minor_units(self.currency) or 0
-        for path, amount in self._amounts():
+        for (section, index, name), amount in self._amounts():
             if decimals(amount) > allowed:
                 raise ValueError(
-                    f"{path} {amount} has {decimals(amount)} decimals; "
+                    f"{section}[{index}].{name} {amount} has {decimals(amount)} decimals; "
                     f"{self.currency} allows {allowed}"
                 )
         total = self.total_amount()
@@ -166,19 +168,15 @@ class CheckoutRequest(_Wire):
             )
         return self
 
-    def _amounts(self) -> list[tuple[str, str]]:
-        amounts: list[tuple[str, str]] = []
+    def _amounts(self) -> Iterator[tuple[tuple[str, int, str], str]]:
+        """Every amount with where it is; the path is only formatted for an error message."""
         for i, item in enumerate(self.items):
-            amounts += [
-                (f"items[{i}].preTaxAmount", item.pre_tax_amount),
-                (f"items[{i}].totalAmount", item.total_amount),
-            ]
+            yield ("items", i, "preTaxAmount"), item.pre_tax_amount
+            yield ("items", i, "totalAmount"), item.total_amount
             if item.tax:
-                amounts.append((f"items[{i}].tax.amount", item.tax.amount))
-        amounts += [
-            (f"destinations[{i}].amount", d.amount) for i, d in enumerate(self.destinations)
-        ]
-        return amounts
+                yield ("items", i, "tax.amount"), item.tax.amount
+        for i, destination in enumerate(self.destinations):
+            yield ("destinations", i, "amount"), destination.amount
 
     def total_amount(self) -> Decimal:
         return sum((Decimal(item.total_amount) for item in self.items), Decimal(0))
