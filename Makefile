@@ -6,6 +6,9 @@ STAMP := $(VENV)/.installed-stamp
 
 .PHONY: install demo test lint format bench clean
 
+# make bench QUICK=1 for a smoke run (small sizes); BENCH_OUTPUT=path for the JSON figures.
+BENCH_OUTPUT ?= bench/results.json
+
 install: $(STAMP)
 
 $(STAMP): pyproject.toml constraints.txt
@@ -28,6 +31,9 @@ format: install
 
 test: lint
 	$(BIN)/pytest
+
+bench: install
+	$(BIN)/python -m bench $(if $(QUICK),--quick) --output $(BENCH_OUTPUT)
 
 clean:
 	rm -rf $(VENV) .mypy_cache .pytest_cache .ruff_cache
