@@ -66,17 +66,24 @@ def read_csv(source: IO[bytes], template: Any) -> Iterator[Numbered]:
     columns (a customer's phone, a tax) can be blank; `{column:int}` gives a number. Line
     numbers count the header as line 1.
     """
-    rows = csv.DictReader(io.TextIOWrapper(source, encoding="utf-8-sig", newline=""))
-    for row in rows:
+    rows = csv.reader(io.TextIOWrapper(source, encoding="utf-8-sig", newline=""))
+    header = next(rows, [])
+    for cells in rows:
         line_number = rows.line_num
+        if not any(cell.strip() for cell in cells):
+            continue
+        if len(cells) != len(header):
+            yield line_number, f"has {len(cells)} cells but the header has {len(header)}"
+            continue
+        row = dict(zip(header, cells, strict=True))
         try:
             yield line_number, parse(_render(template, row))
         except KeyError as e:
             yield line_number, f"the template names column {e.args[0]!r}, which the CSV lacks"
+        except ValidationError as e:  # before ValueError, of which it is a kind
+            yield line_number, describe(e)
         except ValueError as e:
             yield line_number, str(e)
-        except ValidationError as e:
-            yield line_number, describe(e)
 
 
 def _render(template: Any, row: Mapping[str, str]) -> Any:

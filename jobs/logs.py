@@ -56,11 +56,12 @@ class Redactor:
         return event
 
 
-def configure(level: str = "INFO", secrets: Iterable[str] = ()) -> None:
+def configure(level: str = "INFO", secrets: Iterable[str] = (), *, stdlib: bool = True) -> None:
     """JSON lines on stderr, so that stdout stays free for the CLI's own output.
 
-    Libraries' stdlib logging (arq's) goes through the same redaction and renderer; arq's
-    per-job lines repeat our own events, so only its warnings are kept.
+    With `stdlib`, for our own processes: libraries' stdlib logging (arq's) goes through the
+    same redaction and renderer, and arq's per-job lines, which repeat our own events, are
+    kept to warnings. A program that only imports `jobs` keeps its own logging setup.
     """
     shared: list[Processor] = [
         structlog.processors.add_log_level,
@@ -78,7 +79,8 @@ def configure(level: str = "INFO", secrets: Iterable[str] = ()) -> None:
             ],
         )
     )
-    logging.basicConfig(handlers=[handler], level=logging.WARNING, force=True)
+    if stdlib:
+        logging.basicConfig(handlers=[handler], level=logging.WARNING, force=True)
     structlog.configure(
         processors=[
             structlog.contextvars.merge_contextvars,
@@ -92,4 +94,7 @@ def configure(level: str = "INFO", secrets: Iterable[str] = ()) -> None:
 
 
 def get_logger(**context: Any) -> Any:
+    if not structlog.is_configured():
+        # Used as a library: never structlog's default, which prints to the program's stdout.
+        configure(stdlib=False)
     return structlog.get_logger("paylinks", **context)

@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import re
 from collections.abc import Iterator, Mapping
-from functools import cache
 from decimal import Decimal
+from functools import cache
 from typing import Annotated, Any, Literal
 
 import iso4217

@@ -20,7 +20,7 @@ from jobs.connection import connect
 from jobs.intake import Numbered, checked
 from jobs.logs import get_logger
 from jobs.models import CheckoutRequest
-from jobs.records import iter_records, lua
+from jobs.records import State, iter_records, lua
 
 PIPELINE_SIZE = 500
 # Stands in for the idempotency key in the arq job made once per chunk: same shape as a key.
@@ -41,6 +41,8 @@ class EnqueueReport:
     enqueued: int = 0
     duplicates: int = 0
     rejected: list[Rejection] = field(default_factory=list)
+    # Requests of this input that an earlier batch already holds, to wait for them too.
+    duplicate_keys: list[str] = field(default_factory=list)
 
     def as_json(self) -> dict[str, Any]:
         return {
@@ -115,17 +117,21 @@ class Producer:
         report = EnqueueReport(batch or new_batch_id())
         await self.batches.open(report.batch, self.config.result_ttl, webhook_url)
         chunk: list[tuple[int, CheckoutRequest]] = []
-        async for line, request in _each(requests):
-            if isinstance(request, str):
-                report.rejected.append(Rejection(line, request))
-                continue
-            chunk.append((line, request))
-            if len(chunk) >= PIPELINE_SIZE:
+        try:
+            async for line, request in _each(requests):
+                if isinstance(request, str):
+                    report.rejected.append(Rejection(line, request))
+                    continue
+                chunk.append((line, request))
+                if len(chunk) >= PIPELINE_SIZE:
+                    await self._send(chunk, report)
+                    chunk = []
+            if chunk:
                 await self._send(chunk, report)
-                chunk = []
-        if chunk:
-            await self._send(chunk, report)
-        await self.batches.seal(report.batch)
+        finally:
+            # Even when reading the input failed half way: what was enqueued is the batch,
+            # and it must be able to complete.
+            await self.batches.seal(report.batch)
         return report
 
     async def status(self, batch: str) -> dict[str, Any] | None:
@@ -140,6 +146,35 @@ class Producer:
             if status["done"]:
                 return status
             await asyncio.sleep(poll_interval)
+
+    async def wait_for(
+        self, idempotency_keys: list[str], *, poll_interval: float = 0.5
+    ) -> dict[str, int]:
+        """Wait until these requests, of whatever batch, ended; count them by final state.
+
+        A record that expired in the meantime counts as `expired`.
+        """
+        counts = {State.CREATED.value: 0, State.FAILED.value: 0, "expired": 0}
+        pending = idempotency_keys
+        while pending:
+            waiting = []
+            for start in range(0, len(pending), PIPELINE_SIZE):
+                page = pending[start : start + PIPELINE_SIZE]
+                async with self.redis.pipeline(transaction=False) as pipe:
+                    for key in page:
+                        pipe.hget(keys.checkout_key(key), "state")
+                    states: list[str | None] = await pipe.execute()
+                for key, state in zip(page, states, strict=True):
+                    if state is None:
+                        counts["expired"] += 1
+                    elif State(state).final:
+                        counts[state] += 1
+                    else:
+                        waiting.append(key)
+            pending = waiting
+            if pending:
+                await asyncio.sleep(poll_interval)
+        return counts
 
     async def results(self, batch: str) -> AsyncIterator[dict[str, Any]]:
         """One row per request, in enqueue order, streamed a page at a time."""
@@ -177,6 +212,7 @@ class Producer:
                 log.info("checkout.enqueued", checkout_token=token, idempotency_key=key)
             elif outcome == "duplicate":
                 report.duplicates += 1
+                report.duplicate_keys.append(key)
                 log.info(
                     "checkout.duplicate",
                     checkout_token=token,

@@ -11,9 +11,9 @@ from typing import Any
 import pytest
 from pydantic import ValidationError
 
+from jobs.intake import describe, read_json_lines
 from jobs.keys import idempotency_key
 from jobs.models import CheckoutRequest, personal_data
-from jobs.intake import describe, read_json_lines
 
 EXAMPLES = Path(__file__).resolve().parents[1] / "examples"
 

@@ -81,9 +81,13 @@ async def enqueue(args: argparse.Namespace) -> int:
                 )
             )
         print_report(report, args.json)
-        if report.enqueued + report.duplicates and args.wait:
-            final = await watch(p, report.batch)
-            return 1 if final["failed"] else 0
+        if args.wait and report.enqueued + report.duplicates:
+            failed = (await watch(p, report.batch))["failed"]
+            if report.duplicate_keys:
+                print(f"waiting for {report.duplicates} duplicates", file=sys.stderr)
+                earlier = await p.wait_for(report.duplicate_keys)
+                failed += earlier["failed"] + earlier["expired"]
+            return 1 if failed else 0
     return EXIT_REJECTED if report.rejected else 0
 
 
