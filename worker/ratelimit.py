@@ -90,6 +90,8 @@ class Limiter:
             _micros(limit.recovery_seconds),
         ]
         self._script = redis.register_script(lua("worker", "ratelimit"))
+        # How late a sleeper may wake and still take its slot: one slot's spacing.
+        self._lateness = max(1 / limit.rate, _SHORTEST_BLOCK) if limit.rate else float("inf")
 
     @asynccontextmanager
     async def slot(self, max_wait: float) -> AsyncIterator[float]:
@@ -142,13 +144,17 @@ class Limiter:
                 continue
             if not micros:
                 return waited
+            due = time.monotonic() + wait
             await asyncio.sleep(wait)
             waited += wait
             # A 429 during our sleep voids the slot: taking it would break the pause, and every
-            # sleeper taking it at the pause's end would be a burst. Reserve a later one; the
-            # void slot is lost, never given twice.
+            # sleeper taking it at the pause's end would be a burst. So does waking later than
+            # the slot after ours (a stalled process): the calls of all the slots it slept
+            # through would go out together. Reserve a later one; the void slot is lost,
+            # never given twice.
             paused_until: str | None = await self.redis.get(self._pause_key)
-            if paused_until is None or int(paused_until) <= slot:
+            paused = paused_until is not None and int(paused_until) > slot
+            if not paused and time.monotonic() - due <= self._lateness:
                 return waited
 
     async def _call(self, operation: str, *args: str | int) -> Any:
