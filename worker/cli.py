@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import csv
+import gc
 import shutil
 import sys
 import tempfile
@@ -57,6 +58,9 @@ def requests_in(source: IO[bytes], template: Any) -> Iterator[Numbered]:
 async def enqueue(args: argparse.Namespace) -> int:
     template = orjson.loads(Path(args.template).read_bytes()) if args.template else None
     configure()
+    # Everything loaded so far lives as long as the process: keep the collector off it, so
+    # that it does not walk those objects over and over while a large file streams by.
+    gc.freeze()
     async with producer() as p:
         with ExitStack() as stack:
             source: IO[bytes] = (

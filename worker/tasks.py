@@ -74,14 +74,15 @@ async def _create(deps: Deps, key: str) -> str:
 
     try:
         async with deps.limiter.slot(max_wait=deps.config.rate_max_wait) as waited:
-            if waited:
-                await _waited(deps, record, log, waited)
             # Marked in flight before the call: if this worker dies now, the next run of the
             # job finds the record in progress and sends the same Idempotency-Key again.
             moved = await deps.outcomes.move(record, State.IN_PROGRESS, new_attempt=True)
             log = log.bind(attempt=moved.attempts)
             started = time.monotonic()
             answer = await _call(deps, record)
+        if waited:
+            # After the call, so that nothing more than needed stands between slot and call.
+            await _waited(deps, record, log, waited)
     except RateLimited as e:
         # No slot soon enough: not an attempt, the record keeps its state, and the job
         # comes back when the limiter expects a slot to be free.
