@@ -100,7 +100,7 @@ class Limiter:
 
         Raises RateLimited, holding nothing, when that would take longer than `max_wait`.
         """
-        lease = uuid.uuid4().hex
+        lease = uuid.uuid4().hex if self.limit.max_in_flight else ""
         try:
             yield await self._take(lease, time.monotonic() + max_wait)
         finally:

@@ -1,0 +1,72 @@
+"""What the throughput section runs paylinks against, and what every contender shares.
+
+Each contender is its own process (`python -m bench.contenders.naive`, `... .plain_arq`), so
+that its CPU time and peak RSS can be read from `wait4` alone. They post the very bytes
+paylinks stores for a request, with the same headers, and run on uvloop when it is installed.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import orjson
+
+from jobs.intake import parse
+from jobs.keys import idempotency_key
+from worker import __version__
+
+EXAMPLES = Path(__file__).resolve().parents[2] / "examples" / "checkouts.jsonl"
+API_KEY = "sandbox-key"
+ACCESS_TOKEN = "sandbox-token"
+API_VERSION = "24-04-2025"
+
+
+def use_uvloop() -> str:
+    """Run the next event loops on uvloop when it is importable; the loop's name."""
+    try:
+        import uvloop
+    except ImportError:
+        return "asyncio"
+    asyncio.set_event_loop_policy(uvloop.EventLoopPolicy())
+    return "uvloop"
+
+
+def requests(count: int, prefix: str) -> Iterator[dict[str, Any]]:
+    """`count` valid request bodies (wire form), the example lines over and over, each with its
+    own checkoutToken `{prefix}-{i}-{example token}`."""
+    examples = [orjson.loads(line) for line in EXAMPLES.read_bytes().splitlines() if line.strip()]
+    for i in range(count):
+        body = dict(examples[i % len(examples)])
+        body["checkoutToken"] = f"{prefix}-{i:07d}-{body['checkoutToken']}"
+        yield body
+
+
+def wire_bodies(count: int, prefix: str) -> list[tuple[str, bytes]]:
+    """(idempotency key, body) pairs: the bytes paylinks' producer stores and its worker sends."""
+    pairs = []
+    for body in requests(count, prefix):
+        request = parse(body)
+        pairs.append((idempotency_key(request.checkout_token), orjson.dumps(request.wire())))
+    return pairs
+
+
+def write_bodies(path: Path, pairs: list[tuple[str, bytes]]) -> Path:
+    """One `key<TAB>body` line per request, for the naive contender to read."""
+    with open(path, "wb") as out:
+        for key, body in pairs:
+            out.write(key.encode() + b"\t" + body + b"\n")
+    return path
+
+
+def base_headers() -> dict[str, str]:
+    """The headers paylinks' client sends (worker/conomy.py), less the per-call key."""
+    return {
+        "x-api-key": API_KEY,
+        "conomyhq-api-version": API_VERSION,
+        "User-Agent": f"paylinks/{__version__}",
+        "Content-Type": "application/json",
+        "Authorization": f"Bearer {ACCESS_TOKEN}",
+    }
