@@ -6,8 +6,9 @@ from redis.backoff import ExponentialBackoff
 from redis.exceptions import ConnectionError, TimeoutError
 
 # Commands are retried for about half a minute while Redis comes back, instead of failing a
-# job or a producer on the first refused connection.
-RETRY_ON_ERROR: list[type[Exception]] = [ConnectionError, TimeoutError]
+# job or a producer on the first refused connection. OSError too: redis-py reconnects a pooled
+# connection outside a command's retry, where a refused connect is a bare OSError.
+RETRY_ON_ERROR: list[type[Exception]] = [ConnectionError, TimeoutError, OSError]
 
 
 def restart_retry() -> Retry:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import re
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
@@ -24,9 +25,12 @@ def enqueue(path: Path, env: dict[str, str]) -> dict[str, Any]:
 def run_workers(env: dict[str, str], count: int = 2, *args: str) -> list[str]:
     """Burst workers until the queue is empty; returns each one's log (stderr)."""
     workers = [start_worker(env, "--burst", *args) for _ in range(count)]
+    # Read every worker's pipe at once: a worker whose pipe is full stops logging, and so
+    # stops working, until someone reads it.
+    with ThreadPoolExecutor(count) as pool:
+        outputs = list(pool.map(lambda worker: worker.communicate(timeout=180), workers))
     logs = []
-    for worker in workers:
-        _, stderr = worker.communicate(timeout=180)
+    for worker, (_, stderr) in zip(workers, outputs, strict=True):
         assert worker.returncode == 0, stderr.decode()[-2000:]
         logs.append(stderr.decode())
     return logs

@@ -2,15 +2,17 @@
 
 from __future__ import annotations
 
+import time
 from typing import Any, ClassVar
 
 from arq import func
 from arq.connections import RedisSettings
 from arq.worker import Function, run_worker
+from redis.exceptions import RedisError
 
 from jobs import keys, queue
 from jobs.connection import RETRY_ON_ERROR, connect, restart_retry
-from jobs.logs import configure
+from jobs.logs import configure, get_logger
 from worker.auth import access_tokens, credential_id
 from worker.config import ConomyConfig, WorkerConfig
 from worker.conomy import ConomyClient, open_http
@@ -64,6 +66,10 @@ class WorkerSettings:
     poll_delay = 0.02
 
 
+# Seconds between a worker losing Redis for good and starting again.
+RESTART_DELAY = 1.0
+
+
 def redis_settings(url: str) -> RedisSettings:
     """arq's connection, retrying through a Redis restart like our own client does."""
     settings = RedisSettings.from_dsn(url)
@@ -78,16 +84,25 @@ def run(config: WorkerConfig, conomy: ConomyConfig, *, burst: bool = False) -> N
         if secret is not None:
             secrets.append(secret.get_secret_value())
     configure(config.log_level, secrets)
-    run_worker(
-        WorkerSettings,  # type: ignore[arg-type]
-        redis_settings=redis_settings(str(config.redis_url)),
-        ctx={"config": config, "conomy": conomy},
-        max_jobs=config.concurrency,
-        job_timeout=config.job_timeout,
-        # Above our own cap, so that our job, not arq, records the final failure.
-        max_tries=config.max_tries + 2,
-        burst=burst,
-        # On SIGTERM: take no new job, give calls in flight this long, then cancel the rest
-        # (a cancelled job is queued again and resends its Idempotency-Key).
-        job_completion_wait=config.shutdown_grace,
-    )
+    while True:
+        try:
+            run_worker(
+                WorkerSettings,  # type: ignore[arg-type]
+                redis_settings=redis_settings(str(config.redis_url)),
+                ctx={"config": config, "conomy": conomy},
+                max_jobs=config.concurrency,
+                job_timeout=config.job_timeout,
+                # Above our own cap, so that our job, not arq, records the final failure.
+                max_tries=config.max_tries + 2,
+                burst=burst,
+                # On SIGTERM: take no new job, give calls in flight this long, then cancel
+                # the rest (a cancelled job is queued again and resends its Idempotency-Key).
+                job_completion_wait=config.shutdown_grace,
+            )
+            return
+        except RedisError as e:
+            # arq's poll loop ends on a Redis error its retries did not ride out (a WATCH
+            # across a restart, or Redis away for longer). Jobs in flight have finished by
+            # now; a new worker takes over where the queue stands.
+            get_logger().warning("worker.restarted", reason=f"redis: {type(e).__name__}")
+            time.sleep(RESTART_DELAY)

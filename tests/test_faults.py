@@ -1,0 +1,435 @@
+"""Whole batches through faults: a worker killed or stopped mid-batch, Redis restarted under the
+workers, and an API that fails, throttles and answers too late.
+
+Real processes and real signals only: the workers, the sandbox and redis-server are separate
+processes, and every fault is a signal sent to one of them or a fault knob of the sandbox.
+Every wait has a deadline, and its failure message shows where the batch stood.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import signal
+import subprocess
+import sys
+import time
+import warnings
+from collections import Counter
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any
+
+import pytest
+from redis.asyncio import Redis
+
+from jobs import keys
+from jobs.batches import Batches
+from jobs.connection import connect
+from tests.conftest import ROOT, Sandbox, paylinks
+from tests.test_end_to_end import CHECKOUTS, enqueue, results, run_workers, write_requests
+from worker.redis_server import RedisServer
+
+
+async def batch_status(redis: Redis, batch: str) -> dict[str, Any] | None:
+    """The batch's counters, as `paylinks status BATCH --json` prints them."""
+    return await Batches(redis).status(batch)
+
+
+Status = dict[str, Any]
+
+
+def unique_requests(count: int, prefix: str) -> list[dict[str, Any]]:
+    """`count` valid requests: the examples, over and over, each with a token of its own."""
+    lines = CHECKOUTS.read_text().splitlines()
+    requests = []
+    for i in range(count):
+        request = json.loads(lines[i % len(lines)])
+        request["checkoutToken"] = f"{prefix}-{i:05d}"
+        requests.append(request)
+    return requests
+
+
+def spawn_worker(env: dict[str, str], log: Path, *args: str) -> subprocess.Popen[bytes]:
+    """A worker process whose log goes to a file: a pipe nobody reads would fill up and stall
+    a long-running worker, and a file keeps what a killed worker wrote."""
+    with open(log, "wb") as stderr:
+        return subprocess.Popen(
+            [sys.executable, "-m", "worker", "worker", *args],
+            env=env,
+            stdout=subprocess.DEVNULL,
+            stderr=stderr,
+            cwd=ROOT,
+        )
+
+
+@contextmanager
+def cleaned_up(workers: list[subprocess.Popen[bytes]]) -> Iterator[None]:
+    """Whatever happens in the test, no worker it started outlives it."""
+    try:
+        yield
+    finally:
+        for worker in workers:
+            if worker.poll() is None:
+                worker.kill()
+            worker.wait(10)
+
+
+def log_events(*logs: Path) -> list[dict[str, Any]]:
+    """Every JSON log line of the given files; a line cut short by SIGKILL is skipped."""
+    found = []
+    for log in logs:
+        for line in log.read_text(errors="replace").splitlines():
+            try:
+                found.append(json.loads(line))
+            except ValueError:
+                continue
+    return found
+
+
+def tail(log: Path, chars: int = 3000) -> str:
+    return log.read_text(errors="replace")[-chars:]
+
+
+async def wait_for(
+    redis: Redis,
+    batch: str,
+    reached: Callable[[Status], bool],
+    what: str,
+    within: float,
+    workers: Sequence[tuple[subprocess.Popen[bytes], Path]] = (),
+) -> Status:
+    """Poll the batch's counters until `reached`, at most `within` seconds.
+
+    A worker that exits while we wait fails the test at once, with the end of its log.
+    """
+    deadline = time.monotonic() + within
+    status: Status | None = None
+    while time.monotonic() < deadline:
+        status = await batch_status(redis, batch)
+        if status is not None and reached(status):
+            return status
+        for worker, log in workers:
+            if worker.poll() is not None:
+                pytest.fail(
+                    f"a worker exited ({worker.returncode}) while waiting for {what}; "
+                    f"batch status: {status}; its log ends with:\n{tail(log)}"
+                )
+        await asyncio.sleep(0.05)
+    pytest.fail(f"{what}: not reached in {within:.0f} s; batch status: {status}")
+
+
+def stop_gracefully(
+    workers: Sequence[tuple[subprocess.Popen[bytes], Path]], timeout: float
+) -> None:
+    """SIGTERM each worker; each must exit 0 within `timeout` seconds."""
+    for worker, _ in workers:
+        worker.send_signal(signal.SIGTERM)
+    for worker, log in workers:
+        try:
+            worker.wait(timeout)
+        except subprocess.TimeoutExpired:
+            pytest.fail(f"a worker did not exit within {timeout} s of SIGTERM:\n{tail(log)}")
+        assert worker.returncode == 0, tail(log)
+
+
+async def assert_no_dead_letters(redis: Redis, env: dict[str, str]) -> None:
+    listed = paylinks("dead-letters", "list", "--json", env=env)
+    assert listed.returncode == 0, listed.stderr.decode()
+    assert listed.stdout == b""
+    assert await redis.zcard(keys.DEAD_LETTERS) == 0
+
+
+def assert_all_created(status: Status | None, batch: str, total: int) -> None:
+    """The batch is done and every one of its requests was created."""
+    expected = {
+        "batch": batch,
+        "total": total,
+        "queued": 0,
+        "in_progress": 0,
+        "retrying": 0,
+        "created": total,
+        "failed": 0,
+        "done": True,
+    }
+    assert status is not None
+    assert {name: status.get(name) for name in expected} == expected, status
+
+
+def wait_for_exit(workers: Sequence[tuple[subprocess.Popen[bytes], Path]], timeout: float) -> None:
+    """Burst workers: each must exit 0 within `timeout` seconds."""
+    deadline = time.monotonic() + timeout
+    for worker, log in workers:
+        try:
+            worker.wait(max(deadline - time.monotonic(), 0.1))
+        except subprocess.TimeoutExpired:
+            pytest.fail(f"a burst worker still runs after {timeout} s:\n{tail(log)}")
+        assert worker.returncode == 0, tail(log)
+
+
+async def test_a_killed_workers_requests_are_taken_up_again_and_created_once(
+    redis: Redis, sandbox: Sandbox, env: dict[str, str], tmp_path: Path
+) -> None:
+    total, concurrency = 1000, 8
+    await sandbox.faults(latency_ms=50)
+    report = enqueue(write_requests(tmp_path / "c.jsonl", unique_requests(total, "CRASH")), env)
+    assert report["enqueued"] == total
+    batch = report["batch"]
+    # A killed worker's jobs come back when arq's in-progress marker expires: job timeout
+    # + 10 s. The HTTP timeout stays below the job timeout, as in production (15 s < 50 s).
+    worker_env = {**env, "PAYLINKS_JOB_TIMEOUT": "3", "PAYLINKS_HTTP_TIMEOUT": "2"}
+    logs = [tmp_path / f"worker-{n}.log" for n in range(3)]
+    procs = [spawn_worker(worker_env, log, "--concurrency", str(concurrency)) for log in logs]
+    workers = list(zip(procs, logs, strict=True))
+    with cleaned_up(procs):
+        await wait_for(
+            redis, batch, lambda s: s["created"] >= total // 3, "a third created", 60, workers
+        )
+        # Three workers racing for the head of one queue leave each of them idle now and
+        # then: to be sure the one we kill dies with calls in flight, the API slows down
+        # (1 s, under the HTTP timeout) until every slot of every worker holds a call.
+        await sandbox.faults(latency_ms=1000)
+        at_kill = await wait_for(
+            redis,
+            batch,
+            lambda s: s["in_progress"] == 3 * concurrency,
+            "every worker's slots in flight",
+            10,
+            workers,
+        )
+        procs[0].send_signal(signal.SIGKILL)
+        killed_at = time.monotonic()
+        procs[0].wait(10)
+        await sandbox.faults(latency_ms=50)
+        survivors = workers[1:]
+        status = await wait_for(redis, batch, lambda s: s["done"], "batch done", 90, survivors)
+        done_after = time.monotonic() - killed_at
+        stop_gracefully(survivors, 30)
+
+    assert procs[0].returncode == -signal.SIGKILL
+    assert_all_created(status, batch, total)
+    rows = results(batch, env)
+    assert len(rows) == total
+    assert {r["state"] for r in rows} == {"created"}
+    assert len({r["sessionId"] for r in rows}) == total
+    stats = await sandbox.stats()
+    assert stats["sessions"] == total
+    assert stats["duplicate_tokens"] == 0
+    # No fault at the API: every answer was a 201, a first one or a replay of it.
+    assert set(stats["by_status"]) == {"201"}
+    await assert_no_dead_letters(redis, env)
+
+    # The killed worker's requests were resumed: the job marks its record in progress and
+    # counts the attempt before calling, so each of the `concurrency` requests it had in
+    # flight when it died was taken up again by a survivor, as a second attempt. With no API
+    # fault, nothing else makes a second attempt.
+    resumed = [r for r in rows if r["attempts"] > 1]
+    assert len(resumed) == concurrency, f"status at the kill: {at_kill}"
+    assert {r["attempts"] for r in resumed} == {2}
+    # ... and not before arq's in-progress marker (job timeout 3 s + 10 s) expired: no
+    # survivor ran a job the killed worker still held.
+    assert done_after > 8, f"batch done {done_after:.1f} s after the kill"
+    # The calls cut off by the kill had reached the API, which created their sessions; the
+    # second attempt, under the same Idempotency-Key, got the same session back (a replay).
+    assert total < stats["calls"] <= total + concurrency
+    created_events = Counter(
+        e["checkout_token"] for e in log_events(*logs) if e.get("event") == "checkout.created"
+    )
+    assert sorted(created_events.values()) == [1] * total
+    killed_created = {
+        e["checkout_token"] for e in log_events(logs[0]) if e.get("event") == "checkout.created"
+    }
+    assert not {r["checkoutToken"] for r in resumed} & killed_created
+
+
+async def test_sigterm_lets_calls_in_flight_finish_and_takes_no_new_job(
+    redis: Redis, sandbox: Sandbox, env: dict[str, str], tmp_path: Path
+) -> None:
+    total, concurrency, grace = 20, 5, 10
+    await sandbox.faults(latency_ms=1500)
+    report = enqueue(write_requests(tmp_path / "g.jsonl", unique_requests(total, "STOP")), env)
+    batch = report["batch"]
+    log = tmp_path / "worker.log"
+    worker_env = {**env, "PAYLINKS_SHUTDOWN_GRACE": str(grace)}
+    worker = spawn_worker(worker_env, log, "--concurrency", str(concurrency))
+    with cleaned_up([worker]):
+        await wait_for(
+            redis,
+            batch,
+            lambda s: s["in_progress"] == concurrency,
+            f"{concurrency} requests in flight",
+            30,
+            [(worker, log)],
+        )
+        # In flight at the API, not only marked so in Redis.
+        deadline = time.monotonic() + 10
+        while (await sandbox.stats())["calls"] < concurrency:
+            assert time.monotonic() < deadline, await sandbox.stats()
+            await asyncio.sleep(0.05)
+        worker.send_signal(signal.SIGTERM)
+        signalled = time.monotonic()
+        try:
+            worker.wait(grace + 5)
+        except subprocess.TimeoutExpired:
+            pytest.fail(f"the worker still runs {grace + 5} s after SIGTERM:\n{tail(log)}")
+        stopped_after = time.monotonic() - signalled
+
+    assert worker.returncode == 0, tail(log)
+    # The calls in flight (1.5 s each) ended well within the grace period.
+    assert stopped_after < grace, f"stopped {stopped_after:.1f} s after SIGTERM"
+    status = await batch_status(redis, batch)
+    assert status is not None
+    # Every request it had in flight was created; none was left in progress or cancelled,
+    # and it took no new job after SIGTERM (a new one would have been created or left over).
+    assert status["in_progress"] == 0, status
+    assert status["retrying"] == 0, status
+    assert status["created"] == concurrency, status
+    assert status["queued"] == total - concurrency, status
+    assert not status["done"]
+    stats = await sandbox.stats()
+    assert stats["calls"] == stats["sessions"] == concurrency
+    rows = results(batch, env)
+    created = [r for r in rows if r["state"] == "created"]
+    assert len(created) == concurrency
+    assert {r["attempts"] for r in created} == {1}
+    assert {(r["state"], r["attempts"]) for r in rows if r not in created} == {("pending", 0)}
+
+    # Another worker finishes the rest.
+    run_workers(env, 1, "--concurrency", str(concurrency))
+    status = await batch_status(redis, batch)
+    assert_all_created(status, batch, total)
+    rows = results(batch, env)
+    assert {(r["state"], r["attempts"]) for r in rows} == {("created", 1)}
+    stats = await sandbox.stats()
+    assert stats["sessions"] == stats["calls"] == total
+    assert stats["duplicate_tokens"] == 0
+
+
+@pytest.mark.parametrize("how", ["stop", "kill"])
+async def test_a_redis_restart_mid_batch_loses_no_request(
+    how: str, sandbox: Sandbox, env: dict[str, str], tmp_path: Path
+) -> None:
+    """`stop` is SIGTERM: Redis writes out its append-only file and exits. `kill` is SIGKILL:
+    nothing more is written, but Redis writes to the file before it answers (fsync every
+    second only matters if the machine itself goes down).
+
+    Either way the workers must ride the restart out by themselves (the README: they retry
+    Redis for about 30 s) and finish the batch with one session per request: even a write
+    lost with the file's tail would only make a request be sent again under its key.
+    """
+    total, concurrency = 300, 5
+    server = RedisServer(appendonly=True)
+    server.start()
+    redis = connect(server.url)
+    procs: list[subprocess.Popen[bytes]] = []
+    try:
+        renv = {**env, "REDIS_URL": server.url}
+        await sandbox.faults(latency_ms=50)
+        requests = unique_requests(total, f"RESTART-{how.upper()}")
+        report = enqueue(write_requests(tmp_path / "r.jsonl", requests), renv)
+        assert report["enqueued"] == total
+        batch = report["batch"]
+        logs = [tmp_path / f"worker-{n}.log" for n in range(2)]
+        procs += [spawn_worker(renv, log, "--concurrency", str(concurrency)) for log in logs]
+        workers = list(zip(procs, logs, strict=True))
+        with cleaned_up(procs):
+            before = await wait_for(
+                redis, batch, lambda s: s["created"] >= total // 3, "a third created", 60, workers
+            )
+            if how == "stop":
+                server.stop()
+            else:
+                server.kill()
+            # Away for a second, as a real Redis is while it restarts and loads its file:
+            # well within the half minute the clients are meant to retry for.
+            await asyncio.sleep(1)
+            server.start()
+            after = await batch_status(redis, batch)
+            assert after is not None, "the batch is gone after the restart"
+            if how == "stop":
+                # A clean stop writes out everything: what was read before it is still there.
+                assert after["created"] >= before["created"], (before, after)
+            elif after["created"] < before["created"]:
+                # SIGKILL: only what Redis had not yet written to its file can be lost (it
+                # writes before it answers; fsync every second matters if the host goes
+                # down). Reported, not failed: the end state below must hold even then.
+                warnings.warn(
+                    f"Redis lost writes to SIGKILL: created {before['created']} before, "
+                    f"{after['created']} after",
+                    stacklevel=1,
+                )
+            status = await wait_for(redis, batch, lambda s: s["done"], "batch done", 90, workers)
+            stop_gracefully(workers, 30)
+
+        assert_all_created(status, batch, total)
+        rows = results(batch, renv)
+        assert {r["state"] for r in rows} == {"created"}
+        assert len({r["sessionId"] for r in rows}) == total
+        stats = await sandbox.stats()
+        assert stats["sessions"] == total
+        assert stats["duplicate_tokens"] == 0
+        await assert_no_dead_letters(redis, renv)
+        created_events = Counter(
+            e["checkout_token"] for e in log_events(*logs) if e.get("event") == "checkout.created"
+        )
+        assert max(created_events.values()) == 1
+    finally:
+        await redis.aclose()
+        server.close()
+
+
+async def test_api_faults_are_retried_until_each_request_is_created_once(
+    redis: Redis, sandbox: Sandbox, env: dict[str, str], tmp_path: Path
+) -> None:
+    total = 1000
+    # 20% answered 500, 10% 429 (Retry-After: 1), and 5% of the sessions created but their
+    # answer held back 3 s, past the client's 1 s timeout.
+    await sandbox.faults(
+        error_rate=0.2, throttle_rate=0.1, retry_after=1, slow_rate=0.05, slow_ms=3000
+    )
+    report = enqueue(write_requests(tmp_path / "f.jsonl", unique_requests(total, "FAULT")), env)
+    batch = report["batch"]
+    worker_env = {**env, "PAYLINKS_HTTP_TIMEOUT": "1"}
+    # Logs go to files: a worker whose stderr pipe is not read while it runs blocks on a
+    # full pipe (64 KiB), freezing its event loop and every job it holds.
+    logs = [tmp_path / f"worker-{n}.log" for n in range(2)]
+    procs = [spawn_worker(worker_env, log, "--burst", "--concurrency", "50") for log in logs]
+    with cleaned_up(procs):
+        wait_for_exit(list(zip(procs, logs, strict=True)), 120)
+
+    status = await batch_status(redis, batch)
+    assert_all_created(status, batch, total)
+    rows = results(batch, env)
+    assert {r["state"] for r in rows} == {"created"}
+    assert len({r["sessionId"] for r in rows}) == total
+    stats = await sandbox.stats()
+    assert stats["sessions"] == total
+    assert stats["duplicate_tokens"] == 0
+    await assert_no_dead_letters(redis, env)
+
+    by_status = Counter({int(code): n for code, n in stats["by_status"].items()})
+    assert set(by_status) == {201, 500, 429}
+    assert by_status.total() == stats["calls"]
+    # Every 201 beyond one per request is the replay of a session whose first answer came too
+    # late for the client, or the answer to such a replay that came too late again.
+    late_answers = by_status[201] - total
+    faults_seen = by_status[500] + by_status[429] + late_answers
+    assert late_answers > 0
+
+    retries = sum(r["attempts"] for r in rows) - total
+    assert max(r["attempts"] for r in rows) > 1
+    events = log_events(*logs)
+    retrying = [e for e in events if e["event"] == "checkout.retrying"]
+    # Each attempt after a request's first follows one logged retry, and is one call.
+    assert retries == len(retrying)
+    assert retries == faults_seen, (retries, dict(by_status))
+    reasons = Counter(e["http_status"] or e["reason"] for e in retrying)
+    assert reasons == {500: by_status[500], 429: by_status[429], "timeout": late_answers}, (
+        reasons,
+        dict(by_status),
+    )
+    assert all(e["retry_in_s"] >= 1 for e in retrying if e["http_status"] == 429)
+    created = [e for e in events if e["event"] == "checkout.created"]
+    assert len(created) == total
+    assert len({e["checkout_token"] for e in created}) == total
