@@ -10,6 +10,7 @@ from typing import Any
 from redis.asyncio import Redis
 
 from jobs import keys, queue
+from jobs.batches import Batches, now_ms
 from jobs.config import ProducerConfig
 from jobs.records import Record, lua, read_record
 
@@ -37,11 +38,13 @@ async def dead_letters(
     redis: Redis, *, batch: str | None = None, token: str | None = None
 ) -> AsyncIterator[DeadLetter]:
     """Dead letters, oldest first, of one batch or one checkoutToken if given."""
-    wanted = keys.idempotency_key(token) if token else None
-    entries: list[tuple[str, float]] = await redis.zrange(keys.DEAD_LETTERS, 0, -1, withscores=True)
+    if token:
+        key = keys.idempotency_key(token)
+        score = await redis.zscore(keys.DEAD_LETTERS, key)
+        entries = [] if score is None else [(key, score)]
+    else:
+        entries = await redis.zrange(keys.DEAD_LETTERS, 0, -1, withscores=True)
     for key, failed_at in entries:
-        if wanted and key != wanted:
-            continue
         record = await read_record(redis, key)
         if record is None:
             # Its record outlived the retention window: nothing left to retry.
@@ -55,29 +58,47 @@ class DeadLetters:
     def __init__(self, redis: Redis, config: ProducerConfig) -> None:
         self.redis = redis
         self.config = config
+        self.batches = Batches(redis)
         self._requeue = redis.register_script(lua("jobs", "requeue"))
 
     async def retry(self, *, batch: str | None = None, token: str | None = None) -> dict[str, int]:
-        """Queue dead letters again under their own idempotency keys."""
+        """Queue dead letters again under their own idempotency keys.
+
+        Their batches are unsealed while they are queued and sealed again after, so a batch
+        completes once, when the last of them ends, not once for each.
+        """
         counts = {"retried": 0, "busy": 0}
-        async for letter in dead_letters(self.redis, batch=batch, token=token):
-            record, now = letter.record, int(time.time() * 1000)
-            outcome = await self._requeue(
-                keys=[
-                    keys.checkout_key(record.key),
-                    keys.batch_key(record.batch),
-                    keys.DEAD_LETTERS,
-                    keys.arq_job_key(record.key),
-                    keys.QUEUE,
-                    keys.arq_in_progress_key(record.key),
-                ],
-                args=[record.key, queue.job_payload(record.key, now), now, self.ttl_ms],
-            )
-            if outcome == 1:
-                counts["retried"] += 1
-            elif outcome == -1:
-                counts["busy"] += 1
+        letters = [letter async for letter in dead_letters(self.redis, batch=batch, token=token)]
+        reopened = {letter.record.batch for letter in letters}
+        for name in reopened:
+            await self.batches.unseal(name)
+        try:
+            for letter in letters:
+                outcome = await self._requeue_one(letter.record)
+                if outcome == 1:
+                    counts["retried"] += 1
+                elif outcome == -1:
+                    counts["busy"] += 1
+        finally:
+            for name in reopened:
+                await self.batches.seal(name)
         return counts
+
+    async def _requeue_one(self, record: Record) -> int:
+        now = now_ms()
+        outcome: int = await self._requeue(
+            keys=[
+                keys.checkout_key(record.key),
+                keys.batch_key(record.batch),
+                keys.batch_members_key(record.batch),
+                keys.DEAD_LETTERS,
+                keys.arq_job_key(record.key),
+                keys.QUEUE,
+                keys.arq_in_progress_key(record.key),
+            ],
+            args=[record.key, queue.job_payload(record.key, now), now, self.ttl_ms],
+        )
+        return outcome
 
     async def purge(self, *, batch: str | None = None) -> int:
         """Forget dead letters; their records stay, failed, until they expire."""

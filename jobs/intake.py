@@ -66,8 +66,16 @@ def read_csv(source: IO[bytes], template: Any) -> Iterator[Numbered]:
     columns (a customer's phone, a tax) can be blank; `{column:int}` gives a number. Line
     numbers count the header as line 1.
     """
-    rows = csv.reader(io.TextIOWrapper(source, encoding="utf-8-sig", newline=""))
-    header = next(rows, [])
+    text = io.TextIOWrapper(source, encoding="utf-8-sig", newline="")
+    try:
+        yield from _read_rows(csv.reader(text), template)
+    finally:
+        # Hand the file back open: `--strict` reads it a second time.
+        text.detach()
+
+
+def _read_rows(rows: Any, template: Any) -> Iterator[Numbered]:
+    header: list[str] = next(rows, [])
     for cells in rows:
         line_number = rows.line_num
         if not any(cell.strip() for cell in cells):

@@ -30,19 +30,28 @@ SENSITIVE_FIELDS = frozenset(
     }
 )
 EMAIL = re.compile(r"[\w.+-]+@[\w-]+\.[\w.-]+")
+BEARER = re.compile(r"(?i)bearer\s+\S+")
+# A secret this short would blank common words all over the log; such a value is refused.
+SHORTEST_SECRET = 8
 REDACTED = "[redacted]"
 
 
 class Redactor:
     """A structlog processor that blanks sensitive fields, emails and known secret values."""
 
-    def __init__(self, secrets: Iterable[str] = ()) -> None:
-        self.secrets = [s for s in secrets if s]
+    def __init__(self) -> None:
+        self.secrets: list[str] = []
+
+    def add(self, secret: str) -> None:
+        if len(secret) >= SHORTEST_SECRET and secret not in self.secrets:
+            self.secrets.append(secret)
 
     def scrub(self, text: str, extra: Iterable[str] = ()) -> str:
         for secret in [*self.secrets, *extra]:
             if secret and secret in text:
                 text = text.replace(secret, REDACTED)
+        if "earer" in text:
+            text = BEARER.sub(f"Bearer {REDACTED}", text)
         # Most values hold no "@": skipping the regex for them halves the cost of a log line.
         return EMAIL.sub(REDACTED, text) if "@" in text else text
 
@@ -56,6 +65,9 @@ class Redactor:
         return event
 
 
+_redactor = Redactor()
+
+
 def configure(level: str = "INFO", secrets: Iterable[str] = (), *, stdlib: bool = True) -> None:
     """JSON lines on stderr, so that stdout stays free for the CLI's own output.
 
@@ -63,11 +75,13 @@ def configure(level: str = "INFO", secrets: Iterable[str] = (), *, stdlib: bool 
     same redaction and renderer, and arq's per-job lines, which repeat our own events, are
     kept to warnings. A program that only imports `jobs` keeps its own logging setup.
     """
+    for secret in secrets:
+        _redactor.add(secret)
     shared: list[Processor] = [
         structlog.processors.add_log_level,
         structlog.processors.TimeStamper(fmt="iso", utc=True),
         structlog.processors.format_exc_info,
-        Redactor(secrets),
+        _redactor,
     ]
     handler = logging.StreamHandler(sys.stderr)
     handler.setFormatter(
@@ -91,6 +105,11 @@ def configure(level: str = "INFO", secrets: Iterable[str] = (), *, stdlib: bool 
         logger_factory=structlog.BytesLoggerFactory(sys.stderr.buffer),
         cache_logger_on_first_use=True,
     )
+
+
+def redact(secret: str) -> None:
+    """Keep a secret learnt at run time (a fetched bearer token) out of every log line."""
+    _redactor.add(secret)
 
 
 def get_logger(**context: Any) -> Any:

@@ -66,6 +66,7 @@ class WorkerSettings:
     poll_delay = 0.02
 
 
+ARQ_MAX_RUNS = 1_000_000
 # Seconds between a worker losing Redis for good and starting again.
 RESTART_DELAY = 1.0
 
@@ -92,8 +93,10 @@ def run(config: WorkerConfig, conomy: ConomyConfig, *, burst: bool = False) -> N
                 ctx={"config": config, "conomy": conomy},
                 max_jobs=config.concurrency,
                 job_timeout=config.job_timeout,
-                # Above our own cap, so that our job, not arq, records the final failure.
-                max_tries=config.max_tries + 2,
+                # arq counts every run (a deferral for a slot, a Redis hiccup, a restart after
+                # SIGTERM) and drops the job silently past its cap. Our job caps attempts
+                # itself and records the failure, so arq's cap is only a last resort.
+                max_tries=ARQ_MAX_RUNS,
                 burst=burst,
                 # On SIGTERM: take no new job, give calls in flight this long, then cancel
                 # the rest (a cancelled job is queued again and resends its Idempotency-Key).

@@ -11,7 +11,7 @@ import orjson
 from redis.asyncio import Redis
 
 from jobs import keys
-from jobs.logs import get_logger
+from jobs.logs import get_logger, redact
 from worker.config import ConomyConfig
 
 
@@ -93,6 +93,7 @@ class TokenEndpoint:
         if not cached or ttl_ms <= 0:
             return False
         self._token = cached.decode() if isinstance(cached, bytes) else str(cached)
+        redact(self._token)
         self._expires = time.monotonic() + ttl_ms / 1000
         return True
 
@@ -116,6 +117,7 @@ class TokenEndpoint:
             raise AuthError("token endpoint answered without an access_token") from e
         # Renew with a tenth of the lifetime to spare, so no call goes out on a dying token.
         keep_ms = max(1000, int(lifetime * 900))
+        redact(token)
         await self.redis.set(self.key, token, px=keep_ms)
         self._token, self._expires = token, time.monotonic() + keep_ms / 1000
         get_logger().info("auth.token_renewed", expires_in=lifetime)

@@ -11,6 +11,9 @@ from worker import __version__
 from worker.auth import AccessTokens
 from worker.config import ConomyConfig, WorkerConfig
 
+# The failure url's name in a stored request; the reference does not name the field.
+FAILURE_URL = "failureUrl"
+
 
 @dataclass(frozen=True)
 class ApiAnswer:
@@ -29,9 +32,9 @@ class ApiAnswer:
         except orjson.JSONDecodeError:
             return self.body[:limit].decode(errors="replace") or f"HTTP {self.status}"
         if isinstance(answer, dict):
-            error = answer.get("error", answer.get("message", answer))
+            error = answer.get("error") or answer.get("message") or answer
             if isinstance(error, dict):
-                error = error.get("message", error)
+                error = error.get("message") or error
             answer = error
         text = answer if isinstance(answer, str) else orjson.dumps(answer).decode()
         return text[:limit]
@@ -48,6 +51,8 @@ class ConomyClient:
         self, config: ConomyConfig, http: aiohttp.ClientSession, tokens: AccessTokens
     ) -> None:
         self.url = config.checkout_sessions_url
+        self.idempotency_header = config.idempotency_header
+        self.failure_url_field = config.failure_url_field
         self.http = http
         self.tokens = tokens
         self.headers = {
@@ -57,6 +62,15 @@ class ConomyClient:
             "Content-Type": "application/json",
         }
 
+    def wire_body(self, body: bytes) -> bytes:
+        """The stored request as this API wants it: the failure url under its configured name."""
+        if self.failure_url_field == FAILURE_URL or FAILURE_URL.encode() not in body:
+            return body
+        request = orjson.loads(body)
+        if FAILURE_URL in request:
+            request[self.failure_url_field] = request.pop(FAILURE_URL)
+        return orjson.dumps(request)
+
     async def create_checkout_session(self, body: bytes, idempotency_key: str) -> ApiAnswer:
         """POST one checkout request; a rejected token is renewed and the call sent once more.
 
@@ -64,6 +78,7 @@ class ConomyClient:
         caller cannot know whether the session was created, only that it may ask again
         under the same idempotency key.
         """
+        body = self.wire_body(body)
         token = await self.tokens.get()
         answer = await self._post(body, idempotency_key, token)
         if answer.status == 401:
@@ -76,7 +91,7 @@ class ConomyClient:
         headers = {
             **self.headers,
             "Authorization": f"Bearer {token}",
-            "Idempotency-Key": idempotency_key,
+            self.idempotency_header: idempotency_key,
         }
         async with self.http.post(self.url, data=body, headers=headers) as response:
             return ApiAnswer(

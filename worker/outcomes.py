@@ -2,21 +2,11 @@
 
 from __future__ import annotations
 
-import time
-from dataclasses import dataclass
-
 from redis.asyncio import Redis
 
 from jobs import keys
-from jobs.batches import Batches
+from jobs.batches import Batches, now_ms
 from jobs.records import Record, State, lua
-
-
-@dataclass(frozen=True)
-class Transition:
-    previous: str
-    attempts: int
-    completed_batch: bool
 
 
 class Outcomes:
@@ -32,16 +22,19 @@ class Outcomes:
         *,
         new_attempt: bool = False,
         **fields: str | int | None,
-    ) -> Transition:
-        """Move `record` to `state`, storing `fields`; a final record is never moved again."""
-        now = int(time.time() * 1000)
+    ) -> int:
+        """Move `record` to `state`, storing `fields`; a final record is never moved again.
+
+        Returns the record's attempts, counting a new one if asked.
+        """
         pairs: list[str | int] = []
         for name, value in fields.items():
             pairs += [name, "" if value is None else value]
-        previous, attempts, ending = await self._transition(
+        attempts, all_ended = await self._transition(
             keys=[keys.checkout_key(record.key), keys.batch_key(record.batch), keys.DEAD_LETTERS],
-            args=[record.key, state.value, now, "1" if new_attempt else "0", *pairs],
+            args=[record.key, state.value, now_ms(), "1" if new_attempt else "0", *pairs],
         )
-        # Many workers may see the last counts together; only one completes the batch.
-        completed = bool(ending) and await self.batches.complete(record.batch)
-        return Transition(previous, int(attempts), completed)
+        if all_ended:
+            # Many workers may see the last counts together; only one completes the batch.
+            await self.batches.complete(record.batch)
+        return int(attempts)

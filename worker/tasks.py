@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import time
 from dataclasses import dataclass
 from typing import Any
@@ -26,6 +27,8 @@ from worker.retries import backoff, is_retryable, retry_after_seconds
 
 # How much of a failed call's response body a dead letter keeps.
 RESPONSE_KEPT = 2000
+# A job gives up this long before arq's own timeout, which would drop it without a word.
+DEADLINE_MARGIN = 5.0
 
 
 @dataclass(frozen=True)
@@ -42,14 +45,18 @@ class Deps:
 
 async def create_checkout_session(ctx: dict[str, Any], key: str) -> str:
     deps: Deps = ctx["paylinks"]
+    deadline = max(1.0, deps.config.job_timeout - DEADLINE_MARGIN)
     try:
-        return await _create(deps, key)
-    except RedisError as e:
-        # Redis stayed away longer than the client's own retries. The record keeps its
-        # state, so the next run carries on from it (and resends the same key).
+        async with asyncio.timeout(deadline):
+            return await _create(deps, key)
+    except (RedisError, TimeoutError) as e:
+        # Redis stayed away longer than the client's own retries, or the job ran out of
+        # time (a slow token endpoint, a long wait for a slot). The record keeps its state,
+        # so the next run carries on from it and resends the same Idempotency-Key.
+        reason = "job deadline" if isinstance(e, TimeoutError) else f"redis: {type(e).__name__}"
         delay = backoff(ctx["job_try"], deps.config.retry_base, deps.config.retry_cap)
         get_logger(idempotency_key=key).warning(
-            "checkout.retrying", reason=f"redis: {type(e).__name__}", retry_in_s=round(delay, 3)
+            "checkout.retrying", reason=reason, retry_in_s=round(delay, 3)
         )
         raise Retry(defer=delay) from e
 
@@ -66,6 +73,9 @@ async def _create(deps: Deps, key: str) -> str:
         personal_data=_personal_data(record),
     )
     if record.state.final:
+        # A run after a worker died between the record's last move and its batch's
+        # completion: complete the batch now if it is due.
+        await deps.outcomes.batches.complete(record.batch)
         log.info("checkout.skipped", state=record.state.value)
         return record.state.value
     if record.attempts >= deps.config.max_tries:
@@ -76,31 +86,45 @@ async def _create(deps: Deps, key: str) -> str:
         async with deps.limiter.slot(max_wait=deps.config.rate_max_wait) as waited:
             # Marked in flight before the call: if this worker dies now, the next run of the
             # job finds the record in progress and sends the same Idempotency-Key again.
-            moved = await deps.outcomes.move(record, State.IN_PROGRESS, new_attempt=True)
-            log = log.bind(attempt=moved.attempts)
+            attempt = await deps.outcomes.move(record, State.IN_PROGRESS, new_attempt=True)
+            log = log.bind(attempt=attempt)
             started = time.monotonic()
             answer = await _call(deps, record)
-        if waited:
-            # After the call, so that nothing more than needed stands between slot and call.
-            await _waited(deps, record, log, waited)
     except RateLimited as e:
         # No slot soon enough: not an attempt, the record keeps its state, and the job
         # comes back when the limiter expects a slot to be free.
         log.info("ratelimit.deferred", retry_in_s=round(e.retry_in, 3))
         raise Retry(defer=e.retry_in) from e
-    attempt = moved.attempts
 
+    outcome = await _record_answer(deps, record, log, attempt, answer, started)
+    # Bookkeeping after the outcome is safe: losing it must never cost a second call.
+    try:
+        if waited:
+            await _waited(deps, record, log, waited)
+        if isinstance(answer, ApiAnswer) and answer.ok:
+            await deps.limiter.succeeded()
+    except RedisError as e:
+        log.warning("ratelimit.unrecorded", reason=type(e).__name__)
+    return outcome
+
+
+async def _record_answer(
+    deps: Deps,
+    record: Record,
+    log: Any,
+    attempt: int,
+    answer: ApiAnswer | AuthError | str,
+    started: float,
+) -> str:
     if isinstance(answer, AuthError):
         if answer.status is not None and not is_retryable(answer.status):
-            await _fail(deps, record, log, attempt, f"authentication: {answer}")
-            return State.FAILED.value
+            return await _fail(deps, record, log, attempt, f"authentication: {answer}")
         return await _retry_or_fail(deps, record, log, attempt, str(answer), None, started)
     if isinstance(answer, str):
         return await _retry_or_fail(deps, record, log, attempt, answer, None, started)
     log = log.bind(http_status=answer.status, duration_ms=_ms_since(started))
     if answer.ok:
-        await deps.limiter.succeeded()
-        return await _created(deps, record, log, answer, attempt, started)
+        return await _created(deps, record, log, answer, attempt)
     if is_retryable(answer.status):
         if answer.status == 429:
             # The limit is the credential's: every worker holds off, not only this one.
@@ -109,8 +133,13 @@ async def _create(deps: Deps, key: str) -> str:
         return await _retry_or_fail(
             deps, record, log, attempt, answer.error_message(), answer, started
         )
-    await _fail(deps, record, log, attempt, answer.error_message(), answer)
-    return State.FAILED.value
+    reason = answer.error_message()
+    if answer.status == 409 and attempt > 1:
+        reason += (
+            f" (on attempt {attempt}: an earlier attempt may have created the session; "
+            "check with the API before retrying this dead letter)"
+        )
+    return await _fail(deps, record, log, attempt, reason, answer)
 
 
 async def _call(deps: Deps, record: Record) -> ApiAnswer | AuthError | str:
@@ -129,17 +158,14 @@ async def _waited(deps: Deps, record: Record, log: Any, waited: float) -> None:
     await deps.redis.hincrby(keys.batch_key(record.batch), "ratelimit_wait_ms", waited_ms)  # type: ignore[misc]
 
 
-async def _created(
-    deps: Deps, record: Record, log: Any, answer: ApiAnswer, attempt: int, started: float
-) -> str:
+async def _created(deps: Deps, record: Record, log: Any, answer: ApiAnswer, attempt: int) -> str:
     try:
         session = CheckoutSession.model_validate_json(answer.body)
     except ValidationError:
-        # The API said yes but we cannot read the session: asking again under the same
-        # Idempotency-Key returns the same session rather than a second one.
-        return await _retry_or_fail(
-            deps, record, log, attempt, "unreadable answer", answer, started
-        )
+        # The session exists but we cannot read it. Asking again would create a second one
+        # from an API that ignores Idempotency-Key: a person looks at the kept answer.
+        reason = f"the API answered {answer.status} but not with a readable checkout session"
+        return await _fail(deps, record, log, attempt, reason, answer)
     await deps.outcomes.move(
         record,
         State.CREATED,
@@ -150,6 +176,8 @@ async def _created(
         http_status=answer.status,
         error=None,
     )
+    if not session.url:
+        log.warning("checkout.incomplete", session_id=session.id, missing="url")
     log.info("checkout.created", session_id=session.id, expires_at=session.expires_at)
     return State.CREATED.value
 
@@ -165,8 +193,9 @@ async def _retry_or_fail(
 ) -> str:
     """Another attempt after a backoff, unless this was the last one allowed."""
     if attempt >= deps.config.max_tries:
-        await _fail(deps, record, log, attempt, f"{reason} (after {attempt} attempts)", answer)
-        return State.FAILED.value
+        return await _fail(
+            deps, record, log, attempt, f"{reason} (after {attempt} attempts)", answer
+        )
     status = answer.status if answer else None
     retry_after = retry_after_seconds(answer.retry_after) if answer else None
     delay = backoff(attempt, deps.config.retry_base, deps.config.retry_cap, retry_after)
@@ -183,7 +212,7 @@ async def _retry_or_fail(
 
 async def _fail(
     deps: Deps, record: Record, log: Any, attempt: int, reason: str, answer: ApiAnswer | None = None
-) -> None:
+) -> str:
     """Failed for good: the record says why, and the request joins the dead letters."""
     status = answer.status if answer else None
     response = answer.body[:RESPONSE_KEPT].decode(errors="replace") if answer else None
@@ -191,6 +220,7 @@ async def _fail(
         record, State.FAILED, error=reason, http_status=status, response=response
     )
     log.error("checkout.failed", reason=reason, http_status=status, attempt=attempt)
+    return State.FAILED.value
 
 
 def _personal_data(record: Record) -> list[str]:

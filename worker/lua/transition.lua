@@ -2,11 +2,18 @@
 -- KEYS: checkout record, batch counters, dead letters
 -- ARGV: idempotency key, new state, now (ms), '1' to count a new attempt,
 --       then field/value pairs to store
--- Returns {previous state, attempts, 1 if the batch may now be complete}.
+-- Returns {attempts, 1 if the batch's requests have all ended}. A record already final is
+-- left as it is, but still reports its batch, so a job run again after dying between its
+-- last move and the batch's completion completes the batch then.
+local function all_ended()
+  local c = redis.call('HMGET', KEYS[2], 'total', 'created', 'failed')
+  if tonumber(c[2] or 0) + tonumber(c[3] or 0) == tonumber(c[1] or 0) then return 1 end
+  return 0
+end
 local old = redis.call('HGET', KEYS[1], 'state')
-if not old then return {'', 0, 0} end
+if not old then return {0, 0} end
 local attempts = tonumber(redis.call('HGET', KEYS[1], 'attempts') or 0)
-if old == 'created' or old == 'failed' then return {old, attempts, 0} end
+if old == 'created' or old == 'failed' then return {attempts, all_ended()} end
 local new = ARGV[2]
 if ARGV[4] == '1' then attempts = redis.call('HINCRBY', KEYS[1], 'attempts', 1) end
 redis.call('HSET', KEYS[1], 'state', new, 'updated_at', ARGV[3])
@@ -16,9 +23,5 @@ if old ~= new then
   redis.call('HINCRBY', KEYS[2], new, 1)
 end
 if new == 'failed' then redis.call('ZADD', KEYS[3], ARGV[3], ARGV[1]) end
-local ending = 0
-if new == 'created' or new == 'failed' then
-  local c = redis.call('HMGET', KEYS[2], 'total', 'created', 'failed')
-  if tonumber(c[2] or 0) + tonumber(c[3] or 0) == tonumber(c[1] or 0) then ending = 1 end
-end
-return {old, attempts, ending}
+if new == 'created' or new == 'failed' then return {attempts, all_ended()} end
+return {attempts, 0}
