@@ -73,6 +73,10 @@ async def test_dead_letters_retried_under_the_same_key_are_created(
     status = json.loads(paylinks("status", batch, "--json", env=env).stdout)
     assert (status["created"], status["done"]) == (5, True)
     assert (await sandbox.stats())["sessions"] == 5
+    # Completed once when the refusals ended it, and once more, not once per retried letter.
+    completions = await redis.xrange("paylinks:batches:completed")
+    assert [fields["batch"] for _, fields in completions] == [batch, batch]
+    assert [fields["failed"] for _, fields in completions] == ["3", "0"]
 
 
 async def test_purged_dead_letters_are_forgotten_but_their_results_stay(
@@ -105,3 +109,21 @@ async def test_strict_enqueues_nothing_when_a_line_is_bad(
     done = paylinks("enqueue", "-", "--strict", "--json", env=env, input=good)
     assert done.returncode == 0, done.stderr.decode()
     assert json.loads(done.stdout)["enqueued"] == 1
+
+
+async def test_a_batch_id_used_again_completes_again_with_all_its_requests(
+    redis: Redis, sandbox: Sandbox, env: dict[str, str], tmp_path: Path
+) -> None:
+    requests = example_requests(6)
+    first = write_requests(tmp_path / "first.jsonl", requests[:3])
+    second = write_requests(tmp_path / "second.jsonl", requests[3:])
+    enqueue_into = ("--batch", "nightly")
+    assert paylinks("enqueue", str(first), *enqueue_into, env=env).returncode == 0
+    run_workers(env, 1)
+    assert paylinks("enqueue", str(second), *enqueue_into, env=env).returncode == 0
+    status = json.loads(paylinks("status", "nightly", "--json", env=env).stdout)
+    assert (status["total"], status["created"], status["done"]) == (6, 3, False)
+    run_workers(env, 1)
+    status = json.loads(paylinks("status", "nightly", "--json", env=env).stdout)
+    assert (status["total"], status["created"], status["done"]) == (6, 6, True)
+    assert len(await redis.xrange("paylinks:batches:completed")) == 2
