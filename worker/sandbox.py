@@ -22,6 +22,7 @@ from aiohttp import web
 from aiohttp.typedefs import Handler
 from pydantic import BaseModel, ConfigDict, Field, NonNegativeFloat, NonNegativeInt, ValidationError
 
+from jobs.intake import describe
 from jobs.models import CheckoutRequest, minor_units
 
 API_VERSION = "24-04-2025"
@@ -142,7 +143,7 @@ def _checkout(request: web.Request, text: str, sandbox: _Sandbox) -> web.Respons
         # The API names fields in camelCase only, so a client sending snake_case must fail here.
         checkout = CheckoutRequest.model_validate(body, by_alias=True, by_name=False)
     except ValidationError as error:
-        raise _ApiError(400, "invalid_request", _describe(error)) from None
+        raise _ApiError(400, "invalid_request", describe(error)) from None
     options, records = sandbox.options, sandbox.records
     if options.reject_prefix and checkout.checkout_token.startswith(options.reject_prefix):
         message = (
@@ -227,14 +228,6 @@ def _timestamp(moment: datetime) -> str:
     return moment.isoformat(timespec="milliseconds").replace("+00:00", "Z")
 
 
-def _describe(error: ValidationError) -> str:
-    problems = []
-    for e in error.errors():
-        path = "".join(f"[{p}]" if isinstance(p, int) else f".{p}" for p in e["loc"]).lstrip(".")
-        problems.append(f"{path}: {e['msg']}" if path else e["msg"])
-    return "; ".join(problems)
-
-
 def _loads_or(text: str) -> Any:
     """The JSON `text` holds, or `text` itself when it is not JSON."""
     try:
@@ -306,7 +299,7 @@ async def _set_faults(request: web.Request) -> web.Response:
     try:
         faults = _Faults.model_validate(_json_object(await request.text()))
     except ValidationError as error:
-        raise _ApiError(400, "invalid_request", _describe(error)) from None
+        raise _ApiError(400, "invalid_request", describe(error)) from None
     for name, value in faults.model_dump(exclude_unset=True).items():
         setattr(options, name, value)
     return web.json_response({name: getattr(options, name) for name in _Faults.model_fields})
