@@ -116,23 +116,27 @@ _SANDBOX = web.AppKey("sandbox", _Sandbox)
 
 async def _create_session(request: web.Request) -> web.Response:
     sandbox = request.app[_SANDBOX]
-    sandbox.records.call_times.append(time.time())
+    # A call that outlives a reset writes to the records it started with, not the new ones.
+    records = sandbox.records
+    records.call_times.append(time.time())
     text = await request.text()
-    sandbox.records.requests.append({"headers": dict(request.headers), "body": _loads_or(text)})
+    records.requests.append({"headers": dict(request.headers), "body": _loads_or(text)})
     # Latency stands for the network round trip, so refused calls pay it too.
     await asyncio.sleep(sandbox.options.latency_ms / 1000)
     try:
-        response = _checkout(request, text, sandbox)
+        response = _checkout(request, text, sandbox, records)
     except _ApiError as error:
         response = error.response()
-    sandbox.records.by_status[str(response.status)] += 1
+    records.by_status[str(response.status)] += 1
     # Replays are held back too: a slow provider is as slow for the client's retry.
     if response.status == 201 and sandbox.chance(sandbox.options.slow_rate):
         await asyncio.sleep(sandbox.options.slow_ms / 1000)
     return response
 
 
-def _checkout(request: web.Request, text: str, sandbox: _Sandbox) -> web.Response:
+def _checkout(
+    request: web.Request, text: str, sandbox: _Sandbox, records: _Records
+) -> web.Response:
     # Synchronous on purpose: with no await between looking up an Idempotency-Key and storing
     # its session, concurrent calls with one key cannot both create a session.
     _check_headers(request, sandbox)
@@ -144,7 +148,7 @@ def _checkout(request: web.Request, text: str, sandbox: _Sandbox) -> web.Respons
         checkout = CheckoutRequest.model_validate(body, by_alias=True, by_name=False)
     except ValidationError as error:
         raise _ApiError(400, "invalid_request", describe(error)) from None
-    options, records = sandbox.options, sandbox.records
+    options = sandbox.options
     if options.reject_prefix and checkout.checkout_token.startswith(options.reject_prefix):
         message = (
             f"owner.identityId {checkout.owner.identity_id!r} is not an identity of this account"

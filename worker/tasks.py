@@ -27,7 +27,8 @@ from worker.retries import backoff, is_retryable, retry_after_seconds
 
 # How much of a failed call's response body a dead letter keeps.
 RESPONSE_KEPT = 2000
-# A job gives up this long before arq's own timeout, which would drop it without a word.
+# A job gives up a tenth before arq's own timeout (at most 5 s), which would drop it
+# without a word.
 DEADLINE_MARGIN = 5.0
 
 
@@ -45,7 +46,7 @@ class Deps:
 
 async def create_checkout_session(ctx: dict[str, Any], key: str) -> str:
     deps: Deps = ctx["paylinks"]
-    deadline = max(1.0, deps.config.job_timeout - DEADLINE_MARGIN)
+    deadline = deps.config.job_timeout - min(DEADLINE_MARGIN, deps.config.job_timeout / 10)
     try:
         async with asyncio.timeout(deadline):
             return await _create(deps, key)
