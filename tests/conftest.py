@@ -118,6 +118,7 @@ def paylinks(
 
 
 def start_worker(env: dict[str, str], *args: str) -> subprocess.Popen[bytes]:
+    """A worker whose log (stderr) is read from a pipe: for short runs that are read as they end."""
     return subprocess.Popen(
         [sys.executable, "-m", "worker", "worker", *args],
         env=env,
@@ -125,3 +126,29 @@ def start_worker(env: dict[str, str], *args: str) -> subprocess.Popen[bytes]:
         stderr=subprocess.PIPE,
         cwd=ROOT,
     )
+
+
+def spawn_worker(env: dict[str, str], log: Path, *args: str) -> subprocess.Popen[bytes]:
+    """A worker whose log goes to a file: a pipe nobody reads would fill up and stall a
+    long-running worker (and so what a test measures), and a file keeps what a killed
+    worker wrote."""
+    with open(log, "wb") as stderr:
+        return subprocess.Popen(
+            [sys.executable, "-m", "worker", "worker", *args],
+            env=env,
+            stdout=subprocess.DEVNULL,
+            stderr=stderr,
+            cwd=ROOT,
+        )
+
+
+def stop_worker(worker: subprocess.Popen[bytes]) -> str:
+    """SIGTERM a worker started with `start_worker`; its log."""
+    if worker.poll() is None:
+        worker.terminate()
+    try:
+        _, stderr = worker.communicate(timeout=30)
+    except subprocess.TimeoutExpired:
+        worker.kill()
+        _, stderr = worker.communicate(timeout=10)
+    return stderr.decode()

@@ -17,7 +17,7 @@ from aiohttp import web
 from redis.asyncio import Redis
 
 from jobs.keys import COMPLETED_BATCHES, checkout_key, idempotency_key
-from tests.conftest import EXAMPLES, Sandbox, paylinks, start_worker
+from tests.conftest import EXAMPLES, Sandbox, paylinks, start_worker, stop_worker
 from tests.test_end_to_end import events, example_requests, results, run_workers, write_requests
 from worker.ports import free_port
 
@@ -86,18 +86,6 @@ def completed_events(*logs: str) -> list[dict[str, Any]]:
 
 def renamed(requests: list[dict[str, Any]], prefix: str) -> list[dict[str, Any]]:
     return [{**r, "checkoutToken": f"{prefix}{i:04d}"} for i, r in enumerate(requests, start=1)]
-
-
-def stop(process: subprocess.Popen[bytes]) -> str:
-    """Terminate a worker started in the background; its log (stderr)."""
-    if process.poll() is None:
-        process.terminate()
-    try:
-        _, stderr = process.communicate(timeout=30)
-    except subprocess.TimeoutExpired:
-        process.kill()
-        _, stderr = process.communicate(timeout=10)
-    return stderr.decode()
 
 
 # --- CSV intake -------------------------------------------------------------------------------
@@ -476,7 +464,7 @@ async def test_enqueue_wait_exits_0_when_all_were_created_and_1_when_some_failed
         }
         assert failed == {"REFUSE-0001", "REFUSE-0002"}
     finally:
-        log = stop(worker)
+        log = stop_worker(worker)
     assert worker.returncode == 0, log[-2000:]
     assert completed_events(log)
     assert {e["batch"] for e in completed_events(log)} == {

@@ -12,7 +12,6 @@ import asyncio
 import json
 import signal
 import subprocess
-import sys
 import time
 import warnings
 from collections import Counter
@@ -27,7 +26,7 @@ from redis.asyncio import Redis
 from jobs import keys
 from jobs.batches import Batches
 from jobs.connection import connect
-from tests.conftest import ROOT, Sandbox, paylinks
+from tests.conftest import Sandbox, paylinks, spawn_worker
 from tests.test_end_to_end import CHECKOUTS, enqueue, results, run_workers, write_requests
 from worker.redis_server import RedisServer
 
@@ -49,19 +48,6 @@ def unique_requests(count: int, prefix: str) -> list[dict[str, Any]]:
         request["checkoutToken"] = f"{prefix}-{i:05d}"
         requests.append(request)
     return requests
-
-
-def spawn_worker(env: dict[str, str], log: Path, *args: str) -> subprocess.Popen[bytes]:
-    """A worker process whose log goes to a file: a pipe nobody reads would fill up and stall
-    a long-running worker, and a file keeps what a killed worker wrote."""
-    with open(log, "wb") as stderr:
-        return subprocess.Popen(
-            [sys.executable, "-m", "worker", "worker", *args],
-            env=env,
-            stdout=subprocess.DEVNULL,
-            stderr=stderr,
-            cwd=ROOT,
-        )
 
 
 @contextmanager

@@ -12,7 +12,6 @@ import asyncio
 import json
 import signal
 import subprocess
-import sys
 import time
 from bisect import bisect_left
 from collections.abc import Iterator
@@ -25,7 +24,7 @@ from typing import Any
 import pytest
 from redis.asyncio import Redis
 
-from tests.conftest import EXAMPLES, ROOT, Sandbox, paylinks
+from tests.conftest import EXAMPLES, Sandbox, paylinks, spawn_worker
 
 CHECKOUTS = EXAMPLES / "checkouts.jsonl"
 
@@ -56,19 +55,6 @@ def status(batch: str, env: dict[str, str]) -> dict[str, Any]:
     assert done.returncode == 0, done.stderr.decode()[-2000:]
     answer: dict[str, Any] = json.loads(done.stdout)
     return answer
-
-
-def spawn_worker(env: dict[str, str], log: Path, *args: str) -> subprocess.Popen[bytes]:
-    """A worker whose log goes to a file: a pipe nobody reads while it runs would fill up and
-    stall it (and so the very rate we measure), and a file keeps what a killed worker wrote."""
-    with open(log, "wb") as stderr:
-        return subprocess.Popen(
-            [sys.executable, "-m", "worker", "worker", *args],
-            env=env,
-            stdout=subprocess.DEVNULL,
-            stderr=stderr,
-            cwd=ROOT,
-        )
 
 
 @contextmanager

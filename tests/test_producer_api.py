@@ -6,7 +6,6 @@ from __future__ import annotations
 import asyncio
 import json
 import re
-import signal
 import subprocess
 import sys
 from collections.abc import AsyncIterator
@@ -17,7 +16,7 @@ from redis.asyncio import Redis
 
 from jobs.intake import parse
 from jobs.producer import Producer, SyncProducer
-from tests.conftest import ROOT, Sandbox, start_worker
+from tests.conftest import ROOT, Sandbox, start_worker, stop_worker
 from tests.test_end_to_end import example_requests, run_workers
 from worker.redis_server import RedisServer
 
@@ -48,17 +47,6 @@ async def burst_workers(env: dict[str, str], count: int = 2) -> list[str]:
     logs = [stderr.decode() for _, stderr in outputs]
     assert [w.returncode for w in workers] == [0] * count, logs
     return logs
-
-
-def stop(worker: subprocess.Popen[bytes]) -> str:
-    if worker.poll() is None:
-        worker.send_signal(signal.SIGTERM)
-    try:
-        _, stderr = worker.communicate(timeout=30)
-    except subprocess.TimeoutExpired:
-        worker.kill()
-        _, stderr = worker.communicate(timeout=10)
-    return stderr.decode()
 
 
 async def test_producer_enqueues_dicts_waits_and_reads_results(
@@ -215,7 +203,7 @@ async def test_the_readmes_python_api_example_runs_as_written(
             timeout=60,
         )
     finally:
-        log = stop(worker)
+        log = stop_worker(worker)
     assert done.returncode == 0, done.stderr.decode()[-3000:]
     printed = [
         line.split(" ")
