@@ -7,11 +7,8 @@ faults, on the same bodies with the same headers:
 - (b) plain arq: `bench.contenders.plain_arq`, arq's defaults, a job that only posts the body;
 - (c) paylinks: `python -m worker worker --burst --concurrency 100`, the rate limiter on (set
   to 100,000/s) and its INFO log events written to a file (logging is part of the cost);
-- (c, uvloop): the same worker, started by a two-line launcher that sets uvloop's policy
-  first: what the product gets if its CLI did that (it does not yet); only where uvloop is
-  installed;
 - (c2): two paylinks processes on the same queue.
-(a) and (b) run on uvloop when it is installed. The queues are filled before the contender
+All of them run on uvloop, as paylinks' CLI does. The queues are filled before the contender
 starts and not timed. Each contender runs once per round, rounds interleave them so that the
 noise of a shared box falls on all alike, and ratios are taken within a round, then the median.
 Before each run the benchmark waits (up to 20 s; quick: 2 s) for the machine to go quiet, and
@@ -63,15 +60,6 @@ CONCURRENCY = 100
 # The limiter stays on (one script call per job), set so high that it never holds a call back.
 RATE_LIMIT = "100000"
 PAYLINKS = [sys.executable, "-m", "worker", "worker", "--burst"]
-# The same worker with uvloop's policy set first: what paylinks would get from a CLI that did.
-PAYLINKS_UVLOOP = [
-    sys.executable,
-    "-c",
-    "import asyncio, uvloop; asyncio.set_event_loop_policy(uvloop.EventLoopPolicy()); "
-    "from worker.cli import main; main()",
-    "worker",
-    "--burst",
-]
 TARGETS = {"c/b": 1.0, "c/a": 0.5}
 # Before each run, wait up to this long (quick, full) for other tenants of the machine to
 # leave it under QUIET_CORES busy: their load is the largest source of noise here.
@@ -299,9 +287,7 @@ class Bench:
         command += [self.services.redis_url, self.url, str(CONCURRENCY)]
         return await self.measure("b", [command], requests)
 
-    async def paylinks(
-        self, requests: int, name: str = "c", processes: int = 1, base: list[str] | None = None
-    ) -> Run:
+    async def paylinks(self, requests: int, name: str = "c", processes: int = 1) -> Run:
         await self.services.fresh(latency_ms=LATENCY_MS)
         memory_before = (await redis_snapshot(self.services))["memory"]
         batch = None
@@ -311,8 +297,7 @@ class Bench:
                     report = await p.enqueue(_bodies(self.pairs), batch=f"tput-{name}")
             assert report.enqueued == requests, report.as_json()
             batch = report.batch
-        base = base or (PAYLINKS_UVLOOP if name == "c_uvloop" else PAYLINKS)
-        command = [*base, "--concurrency", str(CONCURRENCY)]
+        command = [*PAYLINKS, "--concurrency", str(CONCURRENCY)]
         run = await self.measure(
             name, [command] * processes, requests, log=self.folder / f"{name}.log"
         )
@@ -349,10 +334,8 @@ async def measure_all(
             "b": await bench.plain_arq(0),
             "c": await bench.paylinks(0),
         }
-        if "c_uvloop" in contender_names():
-            idle["c_uvloop"] = await bench.paylinks(0, "c_uvloop")
         idle["c2"] = Run("c2", 0, Usage(0, idle["c"].usage.cpu * 2, idle["c"].usage.rss_mb), 0, {})
-        runs: dict[str, list[Run]] = {name: [] for name in contender_names()}
+        runs: dict[str, list[Run]] = {name: [] for name in LABELS}
         order = list(runs)
         for turn in range(rounds):
             # A different order each round, so that no contender always runs first or last.
@@ -361,10 +344,10 @@ async def measure_all(
                     run = await bench.naive(count)
                 elif name == "b":
                     run = await bench.plain_arq(count)
-                elif name == "c2":
-                    run = await bench.paylinks(count, "c2", processes=2)
+                elif name == "c":
+                    run = await bench.paylinks(count)
                 else:
-                    run = await bench.paylinks(count, name)
+                    run = await bench.paylinks(count, "c2", processes=2)
                 runs[name].append(run)
     return summarize(runs, idle, count, rounds)
 
@@ -407,38 +390,22 @@ def summarize(
         best = max(r.rate for r in runs[top]) / max(r.rate for r in runs[bottom])
         return {"median": round(median(each), 2), "each_round": each, "of_bests": round(best, 2)}
 
-    ratios = {key: ratio(*key.split("/")) for key in RATIOS if key.split("/")[0] in runs}
+    ratios = {key: ratio(*key.split("/")) for key in RATIOS}
     return {
         "requests": count,
         "rounds": rounds,
         "latency_ms": LATENCY_MS,
         "concurrency": CONCURRENCY,
-        "loop_of_a_and_b": loop_name(),
         "contenders": contenders,
         "ratios": ratios,
     }
 
 
-def contender_names() -> list[str]:
-    """The contenders to run: the uvloop launcher only where uvloop is installed."""
-    return [name for name in LABELS if name != "c_uvloop" or loop_name() == "uvloop"]
-
-
-def loop_name() -> str:
-    try:
-        import uvloop  # noqa: F401
-    except ImportError:
-        return "asyncio"
-    return "uvloop"
-
-
-# c_uvloop/b and c_uvloop/a only when uvloop is installed.
-RATIOS = ["c/b", "c/a", "c_uvloop/b", "c_uvloop/a", "c2/c"]
+RATIOS = ["c/b", "c/a", "c2/c"]
 LABELS = {
     "a": "(a) naive asyncio + aiohttp",
     "b": "(b) plain arq",
     "c": "(c) paylinks, every guarantee",
-    "c_uvloop": "(c) paylinks, uvloop launcher",
     "c2": "(c2) paylinks, 2 processes",
 }
 

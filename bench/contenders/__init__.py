@@ -2,12 +2,11 @@
 
 Each contender is its own process (`python -m bench.contenders.naive`, `... .plain_arq`), so
 that its CPU time and peak RSS can be read from `wait4` alone. They post the very bytes
-paylinks stores for a request, with the same headers, and run on uvloop when it is installed.
+paylinks stores for a request, with the same headers, and run on uvloop, as paylinks does.
 """
 
 from __future__ import annotations
 
-import asyncio
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -22,16 +21,6 @@ EXAMPLES = Path(__file__).resolve().parents[2] / "examples" / "checkouts.jsonl"
 API_KEY = "sandbox-key"
 ACCESS_TOKEN = "sandbox-token"
 API_VERSION = "24-04-2025"
-
-
-def use_uvloop() -> str:
-    """Run the next event loops on uvloop when it is importable; the loop's name."""
-    try:
-        import uvloop
-    except ImportError:
-        return "asyncio"
-    asyncio.set_event_loop_policy(uvloop.EventLoopPolicy())
-    return "uvloop"
 
 
 def requests(count: int, prefix: str) -> Iterator[dict[str, Any]]:

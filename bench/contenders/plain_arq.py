@@ -3,7 +3,8 @@
     python -m bench.contenders.plain_arq REDIS_URL URL [CONCURRENCY]
 
 runs one burst worker (`max_jobs` = CONCURRENCY) on arq's default queue until it is empty.
-Everything else is arq's default: pickled jobs, results kept an hour, a 0.5 s poll delay.
+Everything else is arq's default: pickled jobs, results kept an hour, a 0.5 s poll delay;
+the loop is uvloop, as paylinks' worker's is.
 No idempotency record, no state machine, no rate limiter, no log events of its own.
 `enqueue` puts the bodies on that queue first with arq's `enqueue_job`, job id = the key.
 """
@@ -15,11 +16,12 @@ import sys
 from typing import Any, ClassVar
 
 import aiohttp
+import uvloop
 from arq import create_pool
 from arq.connections import RedisSettings
 from arq.worker import Function, func, run_worker
 
-from bench.contenders import base_headers, use_uvloop
+from bench.contenders import base_headers
 
 FUNCTION = "post_checkout"
 
@@ -66,7 +68,7 @@ async def enqueue(redis_url: str, pairs: list[tuple[str, bytes]], at_once: int =
 
 
 def main() -> None:
-    use_uvloop()
+    asyncio.set_event_loop_policy(uvloop.EventLoopPolicy())
     redis_url, url = sys.argv[1], sys.argv[2]
     concurrency = int(sys.argv[3]) if len(sys.argv) > 3 else 100
     run_worker(
