@@ -10,7 +10,8 @@ from redis.asyncio.client import Pipeline
 
 from jobs import keys, queue
 from jobs.logs import get_logger
-from jobs.records import State, lua
+from jobs.records import State
+from jobs.scripts import lua
 
 COMPLETED_STREAM_LENGTH = 10_000
 

@@ -12,7 +12,8 @@ from redis.asyncio import Redis
 from jobs import keys, queue
 from jobs.batches import Batches, now_ms
 from jobs.config import ProducerConfig
-from jobs.records import Record, lua, read_record
+from jobs.records import Record, read_record
+from jobs.scripts import lua
 
 
 @dataclass(frozen=True)

@@ -20,7 +20,8 @@ from jobs.connection import connect
 from jobs.intake import Numbered, checked
 from jobs.logs import get_logger
 from jobs.models import CheckoutRequest
-from jobs.records import State, iter_records, lua
+from jobs.records import State, iter_records
+from jobs.scripts import lua
 
 PIPELINE_SIZE = 500
 # Stands in for the idempotency key in the arq job made once per chunk: same shape as a key.

@@ -5,7 +5,6 @@ from __future__ import annotations
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from enum import StrEnum
-from importlib.resources import files
 from typing import Any
 
 from redis.asyncio import Redis
@@ -23,10 +22,6 @@ class State(StrEnum):
     @property
     def final(self) -> bool:
         return self in (State.CREATED, State.FAILED)
-
-
-def lua(package: str, name: str) -> str:
-    return files(package).joinpath("lua", f"{name}.lua").read_text()
 
 
 @dataclass(frozen=True)

@@ -6,7 +6,8 @@ from redis.asyncio import Redis
 
 from jobs import keys
 from jobs.batches import Batches, now_ms
-from jobs.records import Record, State, lua
+from jobs.records import Record, State
+from jobs.scripts import lua
 
 
 class Outcomes:

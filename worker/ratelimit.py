@@ -13,7 +13,7 @@ from typing import Any
 from redis.asyncio import Redis
 
 from jobs import keys
-from jobs.records import lua
+from jobs.scripts import lua
 
 # The script's answers to `acquire`, besides 1 for a reserved slot.
 _TOO_LONG, _ALL_LEASED = 0, 2
