@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 import subprocess
 import sys
@@ -152,3 +153,15 @@ def stop_worker(worker: subprocess.Popen[bytes]) -> str:
         worker.kill()
         _, stderr = worker.communicate(timeout=10)
     return stderr.decode()
+
+
+def log_events(*logs: Path) -> list[dict[str, Any]]:
+    """Every JSON log line of the given files; a line cut short by SIGKILL is skipped."""
+    found = []
+    for log in logs:
+        for line in log.read_text(errors="replace").splitlines():
+            try:
+                found.append(json.loads(line))
+            except ValueError:
+                continue
+    return found

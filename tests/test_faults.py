@@ -26,7 +26,7 @@ from redis.asyncio import Redis
 from jobs import keys
 from jobs.batches import Batches
 from jobs.connection import connect
-from tests.conftest import Sandbox, paylinks, spawn_worker
+from tests.conftest import Sandbox, log_events, paylinks, spawn_worker
 from tests.test_end_to_end import CHECKOUTS, enqueue, results, run_workers, write_requests
 from worker.redis_server import RedisServer
 
@@ -60,18 +60,6 @@ def cleaned_up(workers: list[subprocess.Popen[bytes]]) -> Iterator[None]:
             if worker.poll() is None:
                 worker.kill()
             worker.wait(10)
-
-
-def log_events(*logs: Path) -> list[dict[str, Any]]:
-    """Every JSON log line of the given files; a line cut short by SIGKILL is skipped."""
-    found = []
-    for log in logs:
-        for line in log.read_text(errors="replace").splitlines():
-            try:
-                found.append(json.loads(line))
-            except ValueError:
-                continue
-    return found
 
 
 def tail(log: Path, chars: int = 3000) -> str:

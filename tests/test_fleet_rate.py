@@ -24,7 +24,7 @@ from typing import Any
 import pytest
 from redis.asyncio import Redis
 
-from tests.conftest import EXAMPLES, Sandbox, paylinks, spawn_worker
+from tests.conftest import EXAMPLES, Sandbox, log_events, paylinks, spawn_worker
 
 CHECKOUTS = EXAMPLES / "checkouts.jsonl"
 
@@ -84,18 +84,6 @@ async def wait_exit(workers: list[tuple[subprocess.Popen[bytes], Path]], within:
 
 def tail(log: Path, chars: int = 3000) -> str:
     return log.read_text(errors="replace")[-chars:]
-
-
-def log_events(*logs: Path) -> list[dict[str, Any]]:
-    """Every JSON log line of the files; a line cut short by SIGKILL is skipped."""
-    found = []
-    for log in logs:
-        for line in log.read_text(errors="replace").splitlines():
-            try:
-                found.append(json.loads(line))
-            except ValueError:
-                continue
-    return found
 
 
 def max_one_second_window(times: list[float]) -> tuple[int, int]:
