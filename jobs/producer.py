@@ -24,6 +24,9 @@ from jobs.records import State, iter_records
 from jobs.scripts import lua
 
 PIPELINE_SIZE = 500
+# A chunk's command (about 450 KB) is larger than a socket buffer; the event loop must get
+# a turn now and then to keep writing it while the next chunk is validated.
+YIELD_EVERY = 50
 # Stands in for the idempotency key in the arq job made once per chunk: same shape as a key.
 _KEY_SLOT = "00000000-0000-0000-0000-000000000000"
 
@@ -118,18 +121,30 @@ class Producer:
         report = EnqueueReport(batch or new_batch_id())
         await self.batches.open(report.batch, self.config.result_ttl, webhook_url)
         chunk: list[tuple[int, CheckoutRequest]] = []
+        # Redis runs a chunk's script while the next chunk is read and validated here; one
+        # chunk at a time, so the batch keeps the input's order.
+        sending: asyncio.Task[None] | None = None
         try:
             async for line, request in _each(requests):
                 if isinstance(request, str):
                     report.rejected.append(Rejection(line, request))
                     continue
                 chunk.append((line, request))
+                if len(chunk) % YIELD_EVERY == 0:
+                    # Reading a file never yields: let the chunk in flight be written out.
+                    await asyncio.sleep(0)
                 if len(chunk) >= PIPELINE_SIZE:
-                    await self._send(chunk, report)
+                    if sending:
+                        await sending
+                    sending = asyncio.create_task(self._send(chunk, report))
                     chunk = []
+            if sending:
+                await sending
             if chunk:
                 await self._send(chunk, report)
         finally:
+            if sending and not sending.done():
+                await asyncio.wait([sending])
             # Even when reading the input failed half way: what was enqueued is the batch,
             # and it must be able to complete.
             await self.batches.seal(report.batch)

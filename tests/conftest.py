@@ -24,10 +24,18 @@ ACCESS_TOKEN = "sandbox-token"
 API_KEY = "sandbox-key"
 
 
-@pytest.fixture(scope="session")
+@pytest.fixture(scope="session", autouse=True)
 def redis_server() -> Iterator[RedisServer]:
+    """The tests' own redis-server, which REDIS_URL names for the whole session, so that no
+    test can reach a Redis it does not own (such as one on the default port)."""
     with RedisServer() as server:
+        before = os.environ.get("REDIS_URL")
+        os.environ["REDIS_URL"] = server.url
         yield server
+        if before is None:
+            del os.environ["REDIS_URL"]
+        else:
+            os.environ["REDIS_URL"] = before
 
 
 @pytest.fixture

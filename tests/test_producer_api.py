@@ -244,3 +244,23 @@ async def test_the_python_api_leaves_the_programs_stdout_alone(
     assert done.returncode == 0, done.stderr.decode()[-3000:]
     assert await redis.exists("paylinks:batch:quiet")
     assert done.stdout.decode() == "enqueued 1\n"
+
+
+async def test_a_long_input_keeps_its_order_and_its_duplicates_across_chunks(
+    redis: Redis, env: dict[str, str]
+) -> None:
+    # 1,250 requests: three chunks, sent while the next is validated. The last chunk repeats
+    # a token of the first (a duplicate) and another with a changed body (a conflict).
+    template = example_requests(1)[0]
+    requests = [{**template, "checkoutToken": f"LONG-{i:05d}"} for i in range(1_248)]
+    requests.append(dict(requests[3]))
+    requests.append({**requests[7], "duration": 60})
+    async with Producer.connect() as producer:
+        report = await producer.enqueue(requests, batch="long")
+        assert (report.enqueued, report.duplicates) == (1_248, 1)
+        assert [r.line for r in report.rejected] == [1_250]
+        members = await redis.lrange("paylinks:batch:long:keys", 0, -1)
+        tokens = [row["checkoutToken"] async for row in producer.results("long")]
+    assert len(members) == 1_248
+    assert tokens == [r["checkoutToken"] for r in requests[:1_248]]
+    assert await redis.zcard("paylinks:queue") == 1_248
