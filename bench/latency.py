@@ -24,7 +24,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-from bench.contenders import requests
+from bench.data import requests
 from bench.services import Services
 from bench.throughput import (
     CONCURRENCY,

@@ -56,6 +56,17 @@ def example_requests(count: int) -> list[dict[str, Any]]:
     return [json.loads(line) for line in lines]
 
 
+def unique_requests(count: int, prefix: str) -> list[dict[str, Any]]:
+    """`count` valid requests: the examples, over and over, each with a token of its own."""
+    lines = CHECKOUTS.read_text().splitlines()
+    requests = []
+    for i in range(count):
+        request = json.loads(lines[i % len(lines)])
+        request["checkoutToken"] = f"{prefix}-{i:05d}"
+        requests.append(request)
+    return requests
+
+
 async def test_a_batch_becomes_payment_links_exactly_once(
     redis: Redis, sandbox: Sandbox, env: dict[str, str]
 ) -> None:

@@ -9,7 +9,6 @@ Every wait has a deadline, and its failure message shows where the batch stood.
 from __future__ import annotations
 
 import asyncio
-import json
 import signal
 import subprocess
 import time
@@ -27,7 +26,13 @@ from jobs import keys
 from jobs.batches import Batches
 from jobs.connection import connect
 from tests.conftest import Sandbox, log_events, paylinks, spawn_worker
-from tests.test_end_to_end import CHECKOUTS, enqueue, results, run_workers, write_requests
+from tests.test_end_to_end import (
+    enqueue,
+    results,
+    run_workers,
+    unique_requests,
+    write_requests,
+)
 from worker.redis_server import RedisServer
 
 
@@ -37,17 +42,6 @@ async def batch_status(redis: Redis, batch: str) -> dict[str, Any] | None:
 
 
 Status = dict[str, Any]
-
-
-def unique_requests(count: int, prefix: str) -> list[dict[str, Any]]:
-    """`count` valid requests: the examples, over and over, each with a token of its own."""
-    lines = CHECKOUTS.read_text().splitlines()
-    requests = []
-    for i in range(count):
-        request = json.loads(lines[i % len(lines)])
-        request["checkoutToken"] = f"{prefix}-{i:05d}"
-        requests.append(request)
-    return requests
 
 
 @contextmanager

@@ -24,20 +24,8 @@ from typing import Any
 import pytest
 from redis.asyncio import Redis
 
-from tests.conftest import EXAMPLES, Sandbox, log_events, paylinks, spawn_worker
-
-CHECKOUTS = EXAMPLES / "checkouts.jsonl"
-
-
-def unique_requests(count: int, prefix: str) -> list[dict[str, Any]]:
-    """`count` valid requests: the example lines over and over, each with its own token."""
-    lines = CHECKOUTS.read_text().splitlines()
-    requests = []
-    for i in range(count):
-        request = json.loads(lines[i % len(lines)])
-        request["checkoutToken"] = f"{prefix}-{request['checkoutToken']}-{i:05d}"
-        requests.append(request)
-    return requests
+from tests.conftest import Sandbox, log_events, paylinks, spawn_worker
+from tests.test_end_to_end import unique_requests
 
 
 def enqueue(requests: list[dict[str, Any]], env: dict[str, str], path: Path) -> str:

@@ -71,7 +71,6 @@ async def _create(deps: Deps, key: str) -> str:
         batch=record.batch,
         checkout_token=record.checkout_token,
         idempotency_key=key,
-        personal_data=_personal_data(record),
     )
     if record.state.final:
         # A run after a worker died between the record's last move and its batch's
@@ -204,6 +203,7 @@ async def _retry_or_fail(
     log.warning(
         "checkout.retrying",
         reason=reason,
+        personal_data=_personal_data(record),
         http_status=status,
         retry_in_s=round(delay, 3),
         duration_ms=_ms_since(started),
@@ -220,11 +220,19 @@ async def _fail(
     await deps.outcomes.move(
         record, State.FAILED, error=reason, http_status=status, response=response
     )
-    log.error("checkout.failed", reason=reason, http_status=status, attempt=attempt)
+    log.error(
+        "checkout.failed",
+        reason=reason,
+        http_status=status,
+        attempt=attempt,
+        personal_data=_personal_data(record),
+    )
     return State.FAILED.value
 
 
 def _personal_data(record: Record) -> list[str]:
+    """What the Redactor must take out of a reason the API wrote: parsed only for the
+    events that carry one, not on every job."""
     body = orjson.loads(record.request)
     return personal_data(body) if isinstance(body, dict) else []
 

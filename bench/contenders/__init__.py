@@ -7,30 +7,18 @@ paylinks stores for a request, with the same headers, and run on uvloop, as payl
 
 from __future__ import annotations
 
-from collections.abc import Iterator
 from pathlib import Path
-from typing import Any
 
 import orjson
 
+from bench.data import requests
 from jobs.intake import parse
 from jobs.keys import idempotency_key
 from worker import __version__
 
-EXAMPLES = Path(__file__).resolve().parents[2] / "examples" / "checkouts.jsonl"
 API_KEY = "sandbox-key"
 ACCESS_TOKEN = "sandbox-token"
 API_VERSION = "24-04-2025"
-
-
-def requests(count: int, prefix: str) -> Iterator[dict[str, Any]]:
-    """`count` valid request bodies (wire form), the example lines over and over, each with its
-    own checkoutToken `{prefix}-{i}-{example token}`."""
-    examples = [orjson.loads(line) for line in EXAMPLES.read_bytes().splitlines() if line.strip()]
-    for i in range(count):
-        body = dict(examples[i % len(examples)])
-        body["checkoutToken"] = f"{prefix}-{i:07d}-{body['checkoutToken']}"
-        yield body
 
 
 def wire_bodies(count: int, prefix: str) -> list[tuple[str, bytes]]:
