@@ -1,5 +1,6 @@
 """Idempotency keys and the names of every Redis key paylinks writes."""
 
+import hashlib
 import uuid
 
 from arq.constants import in_progress_key_prefix, job_key_prefix
@@ -18,9 +19,18 @@ COMPLETED_BATCHES = f"{PREFIX}:batches:completed"
 DEAD_LETTERS = f"{PREFIX}:dead-letters"
 
 
+_NAMESPACE_BYTES = IDEMPOTENCY_NAMESPACE.bytes
+_VARIANT = "89ab"  # RFC 4122 variant: the top two bits of octet 8 are 10
+
+
 def idempotency_key(checkout_token: str) -> str:
-    """The `Idempotency-Key` of a checkout token: UUID v5 of the token in our namespace."""
-    return str(uuid.uuid5(IDEMPOTENCY_NAMESPACE, checkout_token))
+    """The `Idempotency-Key` of a checkout token: UUID v5 of the token in our namespace.
+
+    What `uuid.uuid5` gives (a test compares them), formatted from the SHA-1 digest directly:
+    building the UUID object was a twentieth of a request's intake.
+    """
+    h = hashlib.sha1(_NAMESPACE_BYTES + checkout_token.encode()).hexdigest()
+    return f"{h[:8]}-{h[8:12]}-5{h[13:16]}-{_VARIANT[int(h[16], 16) & 3]}{h[17:20]}-{h[20:32]}"
 
 
 def checkout_key(key: str) -> str:

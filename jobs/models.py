@@ -16,22 +16,19 @@ from pydantic import (
     Field,
     StrictInt,
     StrictStr,
+    StringConstraints,
     model_validator,
 )
 from pydantic.alias_generators import to_camel
 
 # A plain decimal string: no sign, exponent, NaN, spaces or leading zeros. At most 18 integer
-# digits, so sums stay exact in Decimal's default 28-digit context.
-_DECIMAL = re.compile(r"(0|[1-9][0-9]{0,17})(\.[0-9]{1,8})?")
-
-
-def _decimal_string(value: str) -> str:
-    if not _DECIMAL.fullmatch(value):
-        raise ValueError(
-            "must be a non-negative decimal string such as '1500' or '12.50' "
-            f"(at most 18 digits before the point), got {value!r}"
-        )
-    return value
+# digits, so sums stay exact in Decimal's default 28-digit context. pydantic-core's own regex
+# engine checks it: a Python validator per amount cost a tenth of a request's validation.
+AMOUNT_PATTERN = r"^(0|[1-9][0-9]{0,17})(\.[0-9]{1,8})?$"
+AMOUNT_RULE = (
+    "must be a non-negative decimal string such as '1500' or '12.50' "
+    "(at most 18 digits before the point)"
+)
 
 
 def _currency_code(value: str) -> str:
@@ -53,11 +50,11 @@ def minor_units(currency: str) -> int | None:
 
 
 def decimals(amount: str) -> int:
-    _, _, fraction = amount.partition(".")
-    return len(fraction)
+    point = amount.find(".")
+    return 0 if point < 0 else len(amount) - point - 1
 
 
-Amount = Annotated[StrictStr, AfterValidator(_decimal_string)]
+Amount = Annotated[str, StringConstraints(strict=True, pattern=AMOUNT_PATTERN)]
 CurrencyCode = Annotated[StrictStr, AfterValidator(_currency_code)]
 Text = Annotated[StrictStr, Field(min_length=1)]
 
@@ -85,17 +82,6 @@ class Item(_Wire):
     total_amount: Amount
     description: Text
     tax: Tax | None = None
-
-    @model_validator(mode="after")
-    def _total_is_pre_tax_plus_tax(self) -> Item:
-        tax = Decimal(self.tax.amount) if self.tax else Decimal(0)
-        expected = Decimal(self.pre_tax_amount) + tax
-        if Decimal(self.total_amount) != expected:
-            raise ValueError(
-                f"totalAmount {self.total_amount} must equal preTaxAmount plus tax.amount "
-                f"({expected})"
-            )
-        return self
 
 
 class Customer(_Wire):
@@ -151,17 +137,37 @@ class CheckoutRequest(_Wire):
     # The reference does not name the failure url field; `failureUrl` is its likely name.
     failure_url: Text | None = None
 
+    # One validator for every sum, run once per request: a validator per item cost more than
+    # the checks themselves. The message names the item, as an item's own validator would.
     @model_validator(mode="after")
-    def _amounts_fit_currency_and_add_up(self) -> CheckoutRequest:
-        allowed = minor_units(self.currency) or 0
-        for (section, index, name), amount in self._amounts():
-            if decimals(amount) > allowed:
+    def _amounts_add_up_and_fit_currency(self) -> CheckoutRequest:
+        total = Decimal(0)
+        most = 0  # decimals, of the amount with the most
+        for i, item in enumerate(self.items):
+            pre_tax = Decimal(item.pre_tax_amount)
+            expected = pre_tax + Decimal(item.tax.amount) if item.tax else pre_tax
+            if Decimal(item.total_amount) != expected:
                 raise ValueError(
-                    f"{section}[{index}].{name} {amount} has {decimals(amount)} decimals; "
-                    f"{self.currency} allows {allowed}"
+                    f"items[{i}]: totalAmount {item.total_amount} must equal preTaxAmount plus "
+                    f"tax.amount ({expected})"
                 )
-        total = self.total_amount()
-        destined = sum((Decimal(d.amount) for d in self.destinations), Decimal(0))
+            total += expected
+            most = max(most, decimals(item.pre_tax_amount), decimals(item.total_amount))
+            if item.tax:
+                most = max(most, decimals(item.tax.amount))
+        destined = Decimal(0)
+        for destination in self.destinations:
+            destined += Decimal(destination.amount)
+            most = max(most, decimals(destination.amount))
+        allowed = minor_units(self.currency) or 0
+        if most > allowed:
+            (section, index, name), amount = next(
+                (where, amount) for where, amount in self._amounts() if decimals(amount) > allowed
+            )
+            raise ValueError(
+                f"{section}[{index}].{name} {amount} has {decimals(amount)} decimals; "
+                f"{self.currency} allows {allowed}"
+            )
         if destined != total:
             raise ValueError(
                 f"destinations add up to {destined} but the items' totalAmount is {total}"
@@ -169,7 +175,7 @@ class CheckoutRequest(_Wire):
         return self
 
     def _amounts(self) -> Iterator[tuple[tuple[str, int, str], str]]:
-        """Every amount with where it is; the path is only formatted for an error message."""
+        """Every amount with where it is, to name the one with too many decimals."""
         for i, item in enumerate(self.items):
             yield ("items", i, "preTaxAmount"), item.pre_tax_amount
             yield ("items", i, "totalAmount"), item.total_amount

@@ -10,14 +10,13 @@ from dataclasses import dataclass, field
 from types import TracebackType
 from typing import Any, TypeVar
 
-import orjson
 from redis.asyncio import Redis
 
 from jobs import keys, queue
 from jobs.batches import Batches, now_ms
 from jobs.config import ProducerConfig
 from jobs.connection import connect
-from jobs.intake import Numbered, checked
+from jobs.intake import Accepted, Numbered, checked
 from jobs.logs import get_logger
 from jobs.models import CheckoutRequest
 from jobs.records import State, iter_records
@@ -120,7 +119,7 @@ class Producer:
         """Enqueue numbered requests, as `jobs.intake` reads them from a file, as one batch."""
         report = EnqueueReport(batch or new_batch_id())
         await self.batches.open(report.batch, self.config.result_ttl, webhook_url)
-        chunk: list[tuple[int, CheckoutRequest]] = []
+        chunk: list[tuple[int, Accepted]] = []
         # Redis runs a chunk's script while the next chunk is read and validated here; one
         # chunk at a time, so the batch keeps the input's order.
         sending: asyncio.Task[None] | None = None
@@ -197,7 +196,7 @@ class Producer:
         async for record in iter_records(self.redis, batch):
             yield record.result()
 
-    async def _send(self, chunk: list[tuple[int, CheckoutRequest]], report: EnqueueReport) -> None:
+    async def _send(self, chunk: list[tuple[int, Accepted]], report: EnqueueReport) -> None:
         now = now_ms()
         ttl_ms = self.config.result_ttl * 1000
         # arq's own serializer makes the job once per chunk; each job only differs by its key.
@@ -213,20 +212,21 @@ class Producer:
             after,
         ]
         for key, (_, request) in zip(idempotency_keys, chunk, strict=True):
-            args += [key, request.checkout_token, orjson.dumps(request.wire())]
-        answers = await self._enqueue(
+            args += [key, request.checkout_token, request.body]
+        not_enqueued = await self._enqueue(
             keys=[keys.batch_key(report.batch), keys.batch_members_key(report.batch), keys.QUEUE],
             args=args,
         )
+        known = {position - 1: rest for position, *rest in not_enqueued}
         log = get_logger(batch=report.batch)
-        for key, (line, request), (outcome, state, owner) in zip(
-            idempotency_keys, chunk, answers, strict=True
-        ):
+        for i, (key, (line, request)) in enumerate(zip(idempotency_keys, chunk, strict=True)):
             token = request.checkout_token
-            if outcome == "enqueued":
+            if i not in known:
                 report.enqueued += 1
                 log.info("checkout.enqueued", checkout_token=token, idempotency_key=key)
-            elif outcome == "duplicate":
+                continue
+            outcome, state, owner = known[i]
+            if outcome == "duplicate":
                 report.duplicates += 1
                 report.duplicate_keys.append(key)
                 log.info(

@@ -54,11 +54,15 @@ async def test_a_token_enqueued_twice_is_a_duplicate_and_with_another_body_a_con
 ) -> None:
     request = first_request()
     changed = {**request, "duration": 60}
+    # The same request written another way: other key order, no spaces.
+    reordered = json.dumps(dict(reversed(request.items())), separators=(",", ":"))
     path = tmp_path / "twice.jsonl"
-    path.write_text(f"{json.dumps(request)}\n{json.dumps(request)}\n{json.dumps(changed)}\n")
+    path.write_text(
+        f"{json.dumps(request)}\n{json.dumps(request)}\n{json.dumps(changed)}\n{reordered}\n"
+    )
     done = paylinks("enqueue", str(path), "--json", env=env)
     report = json.loads(done.stdout)
-    assert (report["enqueued"], report["duplicates"]) == (1, 1)
+    assert (report["enqueued"], report["duplicates"]) == (1, 2)
     assert [r["line"] for r in report["rejected"]] == [3]
     assert "different body" in report["rejected"][0]["error"]
     assert done.returncode == 1

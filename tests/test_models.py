@@ -11,8 +11,8 @@ from typing import Any
 import pytest
 from pydantic import ValidationError
 
-from jobs.intake import describe, read_json_lines
-from jobs.keys import idempotency_key
+from jobs.intake import Accepted, accept, describe, read_json_lines
+from jobs.keys import IDEMPOTENCY_NAMESPACE, idempotency_key
 from jobs.models import CheckoutRequest, personal_data
 
 EXAMPLES = Path(__file__).resolve().parents[1] / "examples"
@@ -170,6 +170,13 @@ def test_plain_decimal_strings_are_amounts(amount: str) -> None:
 )
 def test_other_amounts_are_rejected(amount: Any, why: str) -> None:
     assert "items[0].preTaxAmount" in error_of(with_amount(amount)), why
+
+
+@pytest.mark.parametrize("amount", ["1e3", "-5", "5\n", "01", "1234567890123456789"])
+def test_a_malformed_amount_is_explained_with_its_value(amount: str) -> None:
+    error = error_of(with_amount(amount))
+    assert "items[0].preTaxAmount: must be a non-negative decimal string" in error
+    assert f"got {amount!r}" in error
 
 
 @pytest.mark.parametrize(
@@ -508,6 +515,13 @@ def test_idempotency_keys_differ_per_token() -> None:
     assert len({idempotency_key(t) for t in tokens}) == len(tokens)
 
 
+def test_idempotency_key_is_uuid5_of_the_token_in_the_namespace() -> None:
+    # The key is formatted by hand for speed; the standard library is the reference.
+    tokens = [f"T{n}-{chr(0x61 + n % 26) * (n % 40)}" for n in range(2000)] + ["Nº ñ 支払 🧾", ""]
+    for token in tokens:
+        assert idempotency_key(token) == str(uuid.uuid5(IDEMPOTENCY_NAMESPACE, token)), token
+
+
 @pytest.mark.parametrize("token", ["INV-2026-000001", "x", "Factura Nº 7 ñ"])
 def test_idempotency_key_is_a_uuid(token: str) -> None:
     key = idempotency_key(token)
@@ -522,7 +536,7 @@ def test_bad_examples_are_reported_by_line_and_field() -> None:
     with (EXAMPLES / "bad-checkouts.jsonl").open("rb") as lines:
         results = dict(read_json_lines(lines))
     errors = {n: r for n, r in results.items() if isinstance(r, str)}
-    parsed = {n: r.checkout_token for n, r in results.items() if isinstance(r, CheckoutRequest)}
+    parsed = {n: r.checkout_token for n, r in results.items() if isinstance(r, Accepted)}
     assert parsed == {1: "INV-2026-900001", 6: "INV-2026-900006", 11: "INV-2026-900011"}
     expected = {
         2: "invalid JSON",
@@ -541,6 +555,17 @@ def test_bad_examples_are_reported_by_line_and_field() -> None:
 
 def example_lines() -> list[str]:
     return (EXAMPLES / "checkouts.jsonl").read_text(encoding="utf-8").splitlines()
+
+
+def test_a_file_line_and_the_same_request_as_a_model_give_the_same_body() -> None:
+    # Files skip the model dump; the Python API dumps. Both must store the same bytes, or a
+    # token enqueued both ways would be taken for a reused token.
+    lines = [*example_lines(), json.dumps(full()), json.dumps(minimal(customer=None))]
+    for number, accepted in read_json_lines(lines):
+        assert isinstance(accepted, Accepted), accepted
+        from_model = accept(CheckoutRequest.model_validate(json.loads(lines[number - 1])))
+        assert accepted == from_model, f"line {number}"
+        assert json.loads(accepted.body) == json.loads(lines[number - 1])
 
 
 def test_every_example_is_valid_and_sent_as_written() -> None:

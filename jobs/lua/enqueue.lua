@@ -4,31 +4,35 @@
 -- KEYS: batch counters, batch members, arq queue
 -- ARGV: batch id, now (ms), ttl (ms), checkout record key prefix, arq job key prefix,
 --       arq job payload before and after its key, then per request: key, checkoutToken, body
--- Returns per request {outcome (enqueued|duplicate|conflict), state, the record's batch}.
+-- Returns only the requests not enqueued, each {position in the chunk (from 1),
+-- outcome (duplicate|conflict), the record's state, the record's batch}: most chunks are all
+-- new, and an answer per request cost more than the rest of the reply.
 local batch, now, ttl = ARGV[1], ARGV[2], ARGV[3]
-local answers, added = {}, 0
+local answers, members, scored = {}, {}, {}
 for i = 8, #ARGV, 3 do
   local key, token, body = ARGV[i], ARGV[i + 1], ARGV[i + 2]
   local record = ARGV[4] .. key
-  local hash = redis.sha1hex(body)
-  local known = redis.call('HMGET', record, 'state', 'body_hash', 'batch')
-  if known[1] then
-    local outcome = known[2] == hash and 'duplicate' or 'conflict'
-    answers[#answers + 1] = {outcome, known[1], known[3]}
+  if redis.call('EXISTS', record) == 1 then
+    -- Bodies are canonical JSON, so the same request is the same string.
+    local known = redis.call('HMGET', record, 'state', 'request', 'batch')
+    local outcome = known[2] == body and 'duplicate' or 'conflict'
+    answers[#answers + 1] = {(i - 5) / 3, outcome, known[1], known[3]}
   else
-    redis.call('HSET', record, 'checkout_token', token, 'batch', batch, 'body_hash', hash,
-      'request', body, 'state', 'queued', 'attempts', 0, 'enqueued_at', now, 'updated_at', now)
+    redis.call('HSET', record, 'checkout_token', token, 'batch', batch, 'request', body,
+      'state', 'queued', 'attempts', 0, 'enqueued_at', now, 'updated_at', now)
     redis.call('PEXPIRE', record, ttl)
-    redis.call('RPUSH', KEYS[2], key)
     redis.call('PSETEX', ARGV[5] .. key, ttl, ARGV[6] .. key .. ARGV[7])
-    redis.call('ZADD', KEYS[3], now, key)
-    added = added + 1
-    answers[#answers + 1] = {'enqueued', 'queued', batch}
+    members[#members + 1] = key
+    scored[#scored + 1] = now
+    scored[#scored + 1] = key
   end
 end
-if added > 0 then
-  redis.call('HINCRBY', KEYS[1], 'total', added)
-  redis.call('HINCRBY', KEYS[1], 'queued', added)
+-- One variadic call each for the chunk (at most 500 requests: well within unpack's limit).
+if #members > 0 then
+  redis.call('RPUSH', KEYS[2], unpack(members))
+  redis.call('ZADD', KEYS[3], unpack(scored))
+  redis.call('HINCRBY', KEYS[1], 'total', #members)
+  redis.call('HINCRBY', KEYS[1], 'queued', #members)
   redis.call('PEXPIRE', KEYS[1], ttl)
   redis.call('PEXPIRE', KEYS[2], ttl)
 end
