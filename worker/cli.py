@@ -25,7 +25,7 @@ from jobs.intake import Numbered, read_csv, read_json_lines
 from jobs.logs import configure
 from jobs.producer import EnqueueReport, Producer, Rejection, new_batch_id
 from jobs.records import RESULT_COLUMNS
-from worker import sandbox
+from worker import sandbox_options
 from worker.config import ConomyConfig, WorkerConfig, describe
 from worker.progress import watch
 
@@ -197,9 +197,11 @@ def worker(args: argparse.Namespace) -> int:
 
 
 def serve_sandbox(args: argparse.Namespace) -> int:
+    from worker import sandbox  # aiohttp's server: a tenth of a second no other command needs
+
     configure()
     with suppress(KeyboardInterrupt):
-        asyncio.run(sandbox.serve(args.host, args.port, sandbox.options_from(args)))
+        asyncio.run(sandbox.serve(args.host, args.port, sandbox_options.options_from(args)))
     return 0
 
 
@@ -266,7 +268,7 @@ def parser() -> argparse.ArgumentParser:
     p.set_defaults(run=in_loop(purge_dead_letters))
 
     p = commands.add_parser("sandbox", help="serve the local sandbox of the Conomy API")
-    sandbox.add_arguments(p)
+    sandbox_options.add_arguments(p)
     p.set_defaults(run=serve_sandbox)
 
     p = commands.add_parser("demo", help="run a whole batch end to end on private services")

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import argparse
 import asyncio
 import json
 import math
@@ -13,7 +12,7 @@ import time
 import uuid
 from collections import Counter, deque
 from collections.abc import Mapping
-from dataclasses import dataclass, field, fields
+from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from decimal import Decimal
 from typing import Annotated, Any
@@ -24,31 +23,11 @@ from pydantic import BaseModel, ConfigDict, Field, NonNegativeFloat, NonNegative
 
 from jobs.intake import describe
 from jobs.models import CheckoutRequest, minor_units
+from worker.sandbox_options import SandboxOptions
 
 API_VERSION = "24-04-2025"
 DEFAULT_DURATION = 86400
 _KEPT_REQUESTS = 1000
-
-
-@dataclass
-class SandboxOptions:
-    """Credentials the sandbox accepts and how often it misbehaves; read afresh on every call."""
-
-    access_token: str = "sandbox-token"
-    api_key: str = "sandbox-key"
-    client_id: str = "sandbox-client"
-    client_secret: str = "sandbox-secret"
-    token_ttl: int = 3600
-    latency_ms: float = 0
-    error_rate: float = 0
-    throttle_rate: float = 0
-    retry_after: int = 1
-    slow_rate: float = 0
-    slow_ms: float = 30000
-    # checkoutTokens starting with this are refused with a 400, as the real API refuses a
-    # request that is well formed but that it will not accept (an unknown owner, say).
-    reject_prefix: str = ""
-    seed: int | None = None
 
 
 _Rate = Annotated[float, Field(ge=0, le=1)]
@@ -362,35 +341,3 @@ async def serve(host: str, port: int, options: SandboxOptions) -> None:
         await asyncio.Event().wait()
     finally:
         await runner.cleanup()
-
-
-def _rate(text: str) -> float:
-    rate = float(text)
-    if not 0 <= rate <= 1:
-        raise argparse.ArgumentTypeError(f"{text} is not a fraction between 0 and 1")
-    return rate
-
-
-def add_arguments(parser: argparse.ArgumentParser) -> None:
-    d = SandboxOptions()
-    add = parser.add_argument
-    add("--host", default="127.0.0.1", help="address to listen on (default: %(default)s)")
-    add("--port", type=int, default=8080, help="port to listen on, 0 for any free one")
-    add("--latency-ms", type=float, default=d.latency_ms, help="delay before every checkout answer")
-    add("--error-rate", type=_rate, default=d.error_rate, help="fraction of checkouts answered 500")
-    add("--throttle-rate", type=_rate, default=d.throttle_rate, help="fraction answered 429")
-    add("--retry-after", type=int, default=d.retry_after, help="Retry-After seconds on a 429")
-    add("--slow-rate", type=_rate, default=d.slow_rate, help="fraction of 201s held back")
-    add("--slow-ms", type=float, default=d.slow_ms, help="how long a slow answer is held back")
-    add("--access-token", default=d.access_token, help="static bearer token accepted")
-    add("--api-key", default=d.api_key, help="x-api-key accepted")
-    add("--client-id", default=d.client_id, help="client id the token endpoint accepts")
-    add("--client-secret", default=d.client_secret, help="client secret the token endpoint accepts")
-    add("--token-ttl", type=int, default=d.token_ttl, help="lifetime in seconds of issued tokens")
-    add("--reject-prefix", default=d.reject_prefix, help="refuse checkoutTokens with this prefix")
-    add("--seed", type=int, default=d.seed, help="seed for the fault draws, for repeatable runs")
-
-
-def options_from(args: argparse.Namespace) -> SandboxOptions:
-    names = {f.name for f in fields(SandboxOptions)}
-    return SandboxOptions(**{name: value for name, value in vars(args).items() if name in names})
