@@ -126,7 +126,7 @@ async def run(services: Services, quick: bool) -> dict[str, Any]:
     total = sizes[-1]
     # The machine is shared and noisy: the two contenders take turns, `rounds` times each, and
     # each one's best round counts.
-    rounds = 3 if quick else 2
+    rounds = 3
     with tempfile.TemporaryDirectory(prefix="paylinks-bench-intake-") as folder:
         tmp = Path(folder)
         # Generation is not timed. Each file its own prefix: tokens never repeat across files.

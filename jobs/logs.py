@@ -97,7 +97,6 @@ def configure(level: str = "INFO", secrets: Iterable[str] = (), *, stdlib: bool 
         logging.basicConfig(handlers=[handler], level=logging.WARNING, force=True)
     structlog.configure(
         processors=[
-            structlog.contextvars.merge_contextvars,
             *shared,
             structlog.processors.JSONRenderer(serializer=orjson.dumps),
         ],

@@ -142,25 +142,25 @@ class CheckoutRequest(_Wire):
     @model_validator(mode="after")
     def _amounts_add_up_and_fit_currency(self) -> CheckoutRequest:
         total = Decimal(0)
-        most = 0  # decimals, of the amount with the most
+        amounts = []
         for i, item in enumerate(self.items):
-            pre_tax = Decimal(item.pre_tax_amount)
-            expected = pre_tax + Decimal(item.tax.amount) if item.tax else pre_tax
+            expected = Decimal(item.pre_tax_amount)
+            if item.tax:
+                expected += Decimal(item.tax.amount)
+                amounts.append(item.tax.amount)
             if Decimal(item.total_amount) != expected:
                 raise ValueError(
                     f"items[{i}]: totalAmount {item.total_amount} must equal preTaxAmount plus "
                     f"tax.amount ({expected})"
                 )
             total += expected
-            most = max(most, decimals(item.pre_tax_amount), decimals(item.total_amount))
-            if item.tax:
-                most = max(most, decimals(item.tax.amount))
+            amounts += (item.pre_tax_amount, item.total_amount)
         destined = Decimal(0)
         for destination in self.destinations:
             destined += Decimal(destination.amount)
-            most = max(most, decimals(destination.amount))
+            amounts.append(destination.amount)
         allowed = minor_units(self.currency) or 0
-        if most > allowed:
+        if max(map(decimals, amounts)) > allowed:
             (section, index, name), amount = next(
                 (where, amount) for where, amount in self._amounts() if decimals(amount) > allowed
             )
