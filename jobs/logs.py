@@ -3,6 +3,7 @@
 import logging
 import re
 import sys
+import time
 from collections.abc import Iterable
 from typing import Any
 
@@ -65,6 +66,26 @@ class Redactor:
         return event
 
 
+class Timestamp:
+    """A structlog processor that stamps events in UTC ISO 8601 with microseconds, as
+    structlog's TimeStamper(fmt="iso", utc=True) does, formatting the date and time once a
+    second: TimeStamper builds a datetime per event, a sixth of the cost of intake's log line.
+    """
+
+    def __init__(self) -> None:
+        self.second = -1
+        self.prefix = ""
+
+    def __call__(self, _: WrappedLogger, __: str, event: EventDict) -> EventDict:
+        now = time.time()
+        second = int(now)
+        if second != self.second:
+            self.second = second
+            self.prefix = time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(second))
+        event["timestamp"] = f"{self.prefix}.{int((now - second) * 1e6):06d}Z"
+        return event
+
+
 _redactor = Redactor()
 
 
@@ -79,7 +100,7 @@ def configure(level: str = "INFO", secrets: Iterable[str] = (), *, stdlib: bool 
         _redactor.add(secret)
     shared: list[Processor] = [
         structlog.processors.add_log_level,
-        structlog.processors.TimeStamper(fmt="iso", utc=True),
+        Timestamp(),
         structlog.processors.format_exc_info,
         _redactor,
     ]
