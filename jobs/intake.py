@@ -53,7 +53,10 @@ def parse(data: Mapping[str, Any] | CheckoutRequest) -> CheckoutRequest:
 def canonical(body: Mapping[str, Any]) -> bytes:
     """A request body as JSON with sorted keys: the same request gives the same bytes, which
     is how a token enqueued again is told apart from a token reused for another request."""
-    return orjson.dumps(body, option=orjson.OPT_SORT_KEYS)
+    try:
+        return orjson.dumps(body, option=orjson.OPT_SORT_KEYS)
+    except orjson.JSONEncodeError as e:  # an integer past 64 bits, say
+        raise ValueError(f"cannot be sent as JSON: {e}") from None
 
 
 def accept(data: Mapping[str, Any] | CheckoutRequest) -> Accepted:
@@ -74,8 +77,10 @@ def checked(position: int, request: Mapping[str, Any] | CheckoutRequest) -> Numb
     """A request given as a Python object, with its position, or why it is not valid."""
     try:
         return position, accept(request)
-    except ValidationError as e:
+    except ValidationError as e:  # before ValueError, of which it is a kind
         return position, describe(e)
+    except ValueError as e:
+        return position, str(e)
 
 
 def read_json_lines(lines: Iterable[str | bytes]) -> Iterator[Numbered]:
@@ -89,6 +94,8 @@ def read_json_lines(lines: Iterable[str | bytes]) -> Iterator[Numbered]:
             yield line_number, f"invalid JSON: {e}"
         except ValidationError as e:
             yield line_number, describe(e)
+        except ValueError as e:
+            yield line_number, str(e)
 
 
 def read_csv(source: IO[bytes], template: Any) -> Iterator[Numbered]:

@@ -37,6 +37,11 @@ SHORTEST_SECRET = 8
 REDACTED = "[redacted]"
 
 
+def _bearer(text: str) -> bool:
+    """Whether `text` may hold a bearer token, in any case, before a regex looks for it."""
+    return "earer" in text.lower()
+
+
 class Redactor:
     """A structlog processor that blanks sensitive fields, emails and known secret values."""
 
@@ -52,7 +57,7 @@ class Redactor:
             for secret in secrets:
                 if secret and secret in text:
                     text = text.replace(secret, REDACTED)
-        if "earer" in text:
+        if _bearer(text):
             text = BEARER.sub(f"Bearer {REDACTED}", text)
         # Most values hold no "@": skipping the regex for them halves the cost of a log line.
         return EMAIL.sub(REDACTED, text) if "@" in text else text
@@ -65,7 +70,7 @@ class Redactor:
                 event[name] = REDACTED
             # Without a known secret only an email or a bearer token can need scrubbing: most
             # values are let through on two substring tests, a third of this processor's cost.
-            elif isinstance(value, str) and (anything_known or "@" in value or "earer" in value):
+            elif isinstance(value, str) and (anything_known or "@" in value or _bearer(value)):
                 event[name] = self.scrub(value, personal)
         return event
 
@@ -77,16 +82,18 @@ class Timestamp:
     """
 
     def __init__(self) -> None:
-        self.second = -1
-        self.prefix = ""
+        # One tuple, swapped whole: a thread reading it never pairs a second with another's
+        # prefix.
+        self.second: tuple[int, str] = (-1, "")
 
     def __call__(self, _: WrappedLogger, __: str, event: EventDict) -> EventDict:
         now = time.time()
-        second = int(now)
-        if second != self.second:
-            self.second = second
-            self.prefix = time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(second))
-        event["timestamp"] = f"{self.prefix}.{int((now - second) * 1e6):06d}Z"
+        second, prefix = self.second
+        if int(now) != second:
+            second = int(now)
+            prefix = time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(second))
+            self.second = (second, prefix)
+        event["timestamp"] = f"{prefix}.{int((now - second) * 1e6):06d}Z"
         return event
 
 

@@ -143,18 +143,21 @@ class CheckoutRequest(_Wire):
     def _amounts_add_up_and_fit_currency(self) -> CheckoutRequest:
         total = Decimal(0)
         amounts = []
+        wrong = []  # every item whose total is off, not just the first
         for i, item in enumerate(self.items):
             expected = Decimal(item.pre_tax_amount)
             if item.tax:
                 expected += Decimal(item.tax.amount)
                 amounts.append(item.tax.amount)
             if Decimal(item.total_amount) != expected:
-                raise ValueError(
+                wrong.append(
                     f"items[{i}]: totalAmount {item.total_amount} must equal preTaxAmount plus "
                     f"tax.amount ({expected})"
                 )
             total += expected
             amounts += (item.pre_tax_amount, item.total_amount)
+        if wrong:
+            raise ValueError("; ".join(wrong))
         destined = Decimal(0)
         for destination in self.destinations:
             destined += Decimal(destination.amount)

@@ -7,8 +7,11 @@ import io
 import json
 from pathlib import Path
 
+import orjson
 from redis.asyncio import Redis
 
+from jobs.keys import checkout_key, idempotency_key
+from jobs.models import CheckoutRequest
 from tests.conftest import EXAMPLES, paylinks
 
 BAD = EXAMPLES / "bad-checkouts.jsonl"
@@ -67,6 +70,24 @@ async def test_a_token_enqueued_twice_is_a_duplicate_and_with_another_body_a_con
     assert "different body" in report["rejected"][0]["error"]
     assert done.returncode == 1
     assert await redis.zcard("paylinks:queue") == 1
+
+
+async def test_a_record_of_an_earlier_release_with_its_body_in_model_order_is_a_duplicate(
+    redis: Redis, env: dict[str, str], tmp_path: Path
+) -> None:
+    request = first_request()
+    path = tmp_path / "one.jsonl"
+    path.write_text(json.dumps(request) + "\n")
+    assert paylinks("enqueue", str(path), env=env).returncode == 0
+    # Earlier releases stored the model's dump, keys in field order, not sorted.
+    record = checkout_key(idempotency_key(str(request["checkoutToken"])))
+    model_order = orjson.dumps(CheckoutRequest.model_validate(request).wire())
+    assert model_order.decode() != await redis.hget(record, "request")  # type: ignore[misc]
+    await redis.hset(record, "request", model_order)  # type: ignore[misc]
+    done = paylinks("enqueue", str(path), "--json", env=env)
+    report = json.loads(done.stdout)
+    assert (report["enqueued"], report["duplicates"], report["rejected"]) == (0, 1, [])
+    assert done.returncode == 0
 
 
 async def test_results_are_pending_until_a_worker_ran_and_export_as_csv(

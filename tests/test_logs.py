@@ -50,6 +50,16 @@ def test_the_redactor_blanks_sensitive_fields_emails_bearers_and_secrets() -> No
 
 def test_without_known_secrets_emails_and_bearer_tokens_are_still_blanked() -> None:
     event = Redactor()(
-        None, "info", {"error": "Bearer abc.def for ana@example.com", "checkout_token": "INV-2"}
+        None,
+        "info",
+        {
+            "error": "Bearer abc.def for ana@example.com",
+            "header": "Authorization: BEARER ghi.jkl",
+            "checkout_token": "INV-2",
+        },
     )
-    assert event == {"error": "Bearer [redacted] for [redacted]", "checkout_token": "INV-2"}
+    assert event == {
+        "error": "Bearer [redacted] for [redacted]",
+        "header": "Authorization: Bearer [redacted]",
+        "checkout_token": "INV-2",
+    }

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import importlib.util
+import io
 import json
 import uuid
 from pathlib import Path
@@ -11,7 +12,7 @@ from typing import Any
 import pytest
 from pydantic import ValidationError
 
-from jobs.intake import Accepted, accept, describe, read_json_lines
+from jobs.intake import Accepted, accept, checked, describe, read_csv, read_json_lines
 from jobs.keys import IDEMPOTENCY_NAMESPACE, idempotency_key
 from jobs.models import CheckoutRequest, personal_data
 
@@ -595,3 +596,32 @@ def test_examples_file_is_what_the_generator_writes() -> None:
     generate = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(generate)
     assert [json.loads(line) for line in example_lines()] == generate.generate()
+
+
+def test_a_number_json_cannot_carry_is_a_rejection_not_a_crash() -> None:
+    # orjson writes integers of at most 64 bits; such a request must be refused by its line.
+    template = {**minimal(), "checkoutToken": "{token}", "duration": "{minutes:int}"}
+    rows = b"token,minutes\nA-1,60\nA-2,99999999999999999999\nA-3,30\n"
+    results = dict(read_csv(io.BytesIO(rows), template))
+    assert [results[n].checkout_token for n in (2, 4)] == ["A-1", "A-3"]  # type: ignore[union-attr]
+    assert results[3] == "cannot be sent as JSON: Integer exceeds 64-bit range"
+    position, error = checked(
+        1,
+        minimal(
+            destinations=[
+                {"type": "ACCOUNT", "amount": "10.00", "account": {}, "metadata": {"n": 2**64}}
+            ]
+        ),
+    )
+    assert (position, error) == (1, "cannot be sent as JSON: Integer exceeds 64-bit range")
+
+
+def test_every_item_whose_total_is_off_is_named() -> None:
+    request = minimal(
+        items=[item("1.00", "2.00"), item("1.00", "1.00"), item("3.00", "4.00")],
+        destinations=[{"type": "ACCOUNT", "amount": "7.00", "account": {}}],
+    )
+    error = error_of(request)
+    assert "items[0]: totalAmount 2.00 must equal" in error
+    assert "items[2]: totalAmount 4.00 must equal" in error
+    assert "items[1]" not in error

@@ -5,7 +5,8 @@
 -- ARGV: batch id, now (ms), ttl (ms), checkout record key prefix, arq job key prefix,
 --       arq job payload before and after its key, then per request: key, checkoutToken, body
 -- Returns only the requests not enqueued, each {position in the chunk (from 1),
--- outcome (duplicate|conflict), the record's state, the record's batch}: most chunks are all
+-- outcome (duplicate|conflict), the record's state, the record's batch, and for a conflict
+-- the record's body}: most chunks are all
 -- new, and an answer per request cost more than the rest of the reply.
 local batch, now, ttl = ARGV[1], ARGV[2], ARGV[3]
 local answers, members, scored = {}, {}, {}
@@ -13,10 +14,14 @@ for i = 8, #ARGV, 3 do
   local key, token, body = ARGV[i], ARGV[i + 1], ARGV[i + 2]
   local record = ARGV[4] .. key
   if redis.call('EXISTS', record) == 1 then
-    -- Bodies are canonical JSON, so the same request is the same string.
+    -- Bodies are canonical JSON, so the same request is the same string. A record of an
+    -- earlier release may hold it in another key order: the producer compares those parsed.
     local known = redis.call('HMGET', record, 'state', 'request', 'batch')
-    local outcome = known[2] == body and 'duplicate' or 'conflict'
-    answers[#answers + 1] = {(i - 5) / 3, outcome, known[1], known[3]}
+    if known[2] == body then
+      answers[#answers + 1] = {(i - 5) / 3, 'duplicate', known[1], known[3]}
+    else
+      answers[#answers + 1] = {(i - 5) / 3, 'conflict', known[1], known[3], known[2]}
+    end
   else
     redis.call('HSET', record, 'checkout_token', token, 'batch', batch, 'request', body,
       'state', 'queued', 'attempts', 0, 'enqueued_at', now, 'updated_at', now)
