@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import re
-from collections.abc import Iterator, Mapping
+from collections.abc import Mapping
 from decimal import Decimal
 from functools import cache
 from typing import Annotated, Any, Literal
@@ -142,50 +142,40 @@ class CheckoutRequest(_Wire):
     @model_validator(mode="after")
     def _amounts_add_up_and_fit_currency(self) -> CheckoutRequest:
         total = Decimal(0)
-        amounts = []
+        # Every amount with where it is; the path is only formatted for an error message.
+        amounts: list[tuple[tuple[str, int, str], str]] = []
         wrong = []  # every item whose total is off, not just the first
         for i, item in enumerate(self.items):
             expected = Decimal(item.pre_tax_amount)
+            amounts.append((("items", i, "preTaxAmount"), item.pre_tax_amount))
+            amounts.append((("items", i, "totalAmount"), item.total_amount))
             if item.tax:
                 expected += Decimal(item.tax.amount)
-                amounts.append(item.tax.amount)
+                amounts.append((("items", i, "tax.amount"), item.tax.amount))
             if Decimal(item.total_amount) != expected:
                 wrong.append(
                     f"items[{i}]: totalAmount {item.total_amount} must equal preTaxAmount plus "
                     f"tax.amount ({expected})"
                 )
             total += expected
-            amounts += (item.pre_tax_amount, item.total_amount)
         if wrong:
             raise ValueError("; ".join(wrong))
         destined = Decimal(0)
-        for destination in self.destinations:
+        for i, destination in enumerate(self.destinations):
             destined += Decimal(destination.amount)
-            amounts.append(destination.amount)
+            amounts.append((("destinations", i, "amount"), destination.amount))
         allowed = minor_units(self.currency) or 0
-        if max(map(decimals, amounts)) > allowed:
-            (section, index, name), amount = next(
-                (where, amount) for where, amount in self._amounts() if decimals(amount) > allowed
-            )
-            raise ValueError(
-                f"{section}[{index}].{name} {amount} has {decimals(amount)} decimals; "
-                f"{self.currency} allows {allowed}"
-            )
+        for (section, index, name), amount in amounts:
+            if decimals(amount) > allowed:
+                raise ValueError(
+                    f"{section}[{index}].{name} {amount} has {decimals(amount)} decimals; "
+                    f"{self.currency} allows {allowed}"
+                )
         if destined != total:
             raise ValueError(
                 f"destinations add up to {destined} but the items' totalAmount is {total}"
             )
         return self
-
-    def _amounts(self) -> Iterator[tuple[tuple[str, int, str], str]]:
-        """Every amount with where it is, to name the one with too many decimals."""
-        for i, item in enumerate(self.items):
-            yield ("items", i, "preTaxAmount"), item.pre_tax_amount
-            yield ("items", i, "totalAmount"), item.total_amount
-            if item.tax:
-                yield ("items", i, "tax.amount"), item.tax.amount
-        for i, destination in enumerate(self.destinations):
-            yield ("destinations", i, "amount"), destination.amount
 
     def total_amount(self) -> Decimal:
         return sum((Decimal(item.total_amount) for item in self.items), Decimal(0))

@@ -6,8 +6,8 @@
 --       arq job payload before and after its key, then per request: key, checkoutToken, body
 -- Returns only the requests not enqueued, each {position in the chunk (from 1),
 -- outcome (duplicate|conflict), the record's state, the record's batch, and for a conflict
--- the record's body}: most chunks are all
--- new, and an answer per request cost more than the rest of the reply.
+-- the record's body}: most chunks are all new, and an answer per request cost more than the
+-- rest of the reply.
 local batch, now, ttl = ARGV[1], ARGV[2], ARGV[3]
 local answers, members, scored = {}, {}, {}
 for i = 8, #ARGV, 3 do
@@ -17,10 +17,11 @@ for i = 8, #ARGV, 3 do
     -- Bodies are canonical JSON, so the same request is the same string. A record of an
     -- earlier release may hold it in another key order: the producer compares those parsed.
     local known = redis.call('HMGET', record, 'state', 'request', 'batch')
+    local position = (i - 5) / 3
     if known[2] == body then
-      answers[#answers + 1] = {(i - 5) / 3, 'duplicate', known[1], known[3]}
+      answers[#answers + 1] = {position, 'duplicate', known[1], known[3]}
     else
-      answers[#answers + 1] = {(i - 5) / 3, 'conflict', known[1], known[3], known[2]}
+      answers[#answers + 1] = {position, 'conflict', known[1], known[3], known[2]}
     end
   else
     redis.call('HSET', record, 'checkout_token', token, 'batch', batch, 'request', body,
