@@ -13,7 +13,7 @@ import json
 import signal
 import subprocess
 import time
-from bisect import bisect_left
+from bisect import bisect_left, bisect_right
 from collections.abc import Iterator
 from contextlib import contextmanager
 from datetime import datetime
@@ -75,16 +75,16 @@ def tail(log: Path, chars: int = 3000) -> str:
 
 
 def max_one_second_window(times: list[float]) -> tuple[int, int]:
-    """The most calls in any [t, t + 1 s) that starts at a call, and the index of that call
-    in the sorted times."""
+    """The most calls in any [t, t + 1 s], both ends included, that starts at a call, and the
+    index of that call in the sorted times."""
     times = sorted(times)
-    return max((bisect_left(times, t + 1.0) - i, i) for i, t in enumerate(times))
+    return max((bisect_right(times, t + 1.0) - i, i) for i, t in enumerate(times))
 
 
 def gaps_ms(times: list[float], start: int) -> list[float]:
     """The gaps between the calls of the one-second window that starts at `times[start]`:
     calls stamped a few hundredths of a millisecond apart came in a bunch."""
-    inside = times[start : bisect_left(times, times[start] + 1.0)]
+    inside = times[start : bisect_right(times, times[start] + 1.0)]
     return [round((b - a) * 1000, 1) for a, b in pairwise(inside)]
 
 
@@ -103,10 +103,16 @@ def start_of(event: dict[str, Any]) -> float:
     return unix(event["timestamp"]) - event["duration_ms"] / 1000
 
 
+@pytest.mark.parametrize(("total", "rate", "burst"), [(1500, 50, 5), (400, 20, 2)])
 async def test_four_workers_of_any_concurrency_keep_together_to_one_rate(
-    redis: Redis, sandbox: Sandbox, env: dict[str, str], tmp_path: Path
+    redis: Redis,
+    sandbox: Sandbox,
+    env: dict[str, str],
+    tmp_path: Path,
+    total: int,
+    rate: int,
+    burst: int,
 ) -> None:
-    total, rate, burst = 1500, 50, 5
     await sandbox.faults(latency_ms=20)
     batch = enqueue(unique_requests(total, "RATE"), env, tmp_path / "requests.jsonl")
     fleet = {**env, "PAYLINKS_RATE_LIMIT": str(rate), "PAYLINKS_RATE_BURST": str(burst)}
@@ -117,8 +123,9 @@ async def test_four_workers_of_any_concurrency_keep_together_to_one_rate(
             workers.append(
                 (spawn_worker(fleet, log, "--burst", "--concurrency", f"{concurrency}"), log)
             )
-        # 1,500 calls at 50/s take 30 s; a fleet that ignores the limit is done much sooner.
-        await wait_exit(workers, within=60)
+        # The calls take total / rate seconds (30 s for 1,500 at 50/s); a fleet that ignores the
+        # limit is done much sooner.
+        await wait_exit(workers, within=2 * total / rate + 10)
 
     stats = await sandbox.stats()
     times = sorted(stats["call_times"])
@@ -135,15 +142,15 @@ async def test_four_workers_of_any_concurrency_keep_together_to_one_rate(
         f"mean rate {mean:.2f}/s (limit {rate}/s); "
         f"by the workers' send times: max one-second window {max_one_second_window(sent)[0]}"
     )
-    # What the API would count: GCRA allows `burst` calls at once, then one every 1/rate s, so
-    # no second may hold more than rate + burst. No allowance for jitter: a worker that wakes
-    # late for its slots and sends them in a bunch breaks the API's limit all the same.
+    # What the API would count: `burst` calls at once, then one every 1/rate s, so no second
+    # may hold more than rate + burst. No allowance for jitter here: the limiter keeps room for
+    # calls that reach the API late (PAYLINKS_RATE_JITTER), so a delayed call still fits.
     assert window <= rate + burst, (
         f"{window} calls in the second from {times[at] - times[0]:.3f} s into the run; "
         f"gaps (ms) between them: {gaps_ms(times, at)}; "
         f"by the workers' send times: {max_one_second_window(sent)[0]}"
     )
-    assert mean >= 0.95 * rate, f"mean rate {mean:.2f}/s"
+    assert mean >= 0.97 * rate, f"mean rate {mean:.2f}/s"
 
     # No fault was injected: one call per request, one session per token.
     assert (stats["sessions"], stats["calls"], stats["duplicate_tokens"]) == (total, total, 0)

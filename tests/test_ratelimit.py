@@ -6,7 +6,7 @@ import asyncio
 import json
 import sys
 import time
-from bisect import bisect_left
+from bisect import bisect_left, bisect_right
 from typing import Any
 
 import pytest
@@ -207,6 +207,33 @@ async def test_a_killed_holders_lease_comes_back_after_the_lease_time(
     async with limiter.slot(max_wait=5) as waited:
         assert time.monotonic() - held_at >= 0.8
     assert waited <= 3
+
+
+def most_in_window(slots: list[int], seconds: float) -> int:
+    """The most slots in any closed window of `seconds`, both ends included."""
+    slots = sorted(slots)
+    return max(bisect_right(slots, s + seconds * 1e6) - i for i, s in enumerate(slots))
+
+
+@pytest.mark.parametrize(("rate", "burst"), [(50, 5), (20, 2), (50, 1)])
+async def test_slots_leave_room_for_calls_that_reach_the_api_late(
+    redis: Redis, rate: int, burst: int
+) -> None:
+    # Reserved back to back, the slots are the schedule itself, without any sleeper's jitter:
+    # GCRA alone puts rate + burst slots into some closed second, so a call delayed in transit
+    # by even a millisecond makes rate + burst + 1 in the API's window of one second.
+    jitter = 0.05
+    limiter = Limiter(redis, CREDENTIAL, RateLimit(rate=rate, burst=burst, jitter=jitter))
+    slots = []
+    for _ in range(3 * rate):
+        answer, _, slot = await limiter._call("acquire", "", 10_000_000)
+        assert answer == 1
+        slots.append(slot)
+    assert most_in_window(slots, 1 + jitter) <= rate + burst
+    # The guard costs the steady rate only where burst < 1 + jitter * rate.
+    steady = min(rate, (rate + burst) / (1 + jitter))
+    spread = (max(slots) - min(slots)) / 1e6
+    assert (len(slots) - burst) / spread >= 0.97 * steady
 
 
 async def test_a_pause_holds_every_slot_until_it_ends(redis: Redis) -> None:

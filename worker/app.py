@@ -35,6 +35,7 @@ async def startup(ctx: dict[str, Any]) -> None:
         # A lease covers the wait for its slot and the call; past that it is a dead worker's.
         lease_seconds=config.rate_max_wait + config.http_timeout + 5,
         adaptive=config.rate_adaptive,
+        jitter=config.rate_jitter,
     )
     limiter = Limiter(redis, credential_id(conomy), limit)
     ctx["paylinks"] = Deps(config, redis, http, client, Outcomes(redis), limiter)

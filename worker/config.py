@@ -65,6 +65,8 @@ class WorkerConfig(ProducerConfig):
     # One limit for the whole fleet, per API credential (calls per second; 0 = none).
     rate_limit: NonNegativeFloat = 0
     rate_burst: PositiveInt = 1
+    # How late after its slot a call may reach the API and still keep to the limit.
+    rate_jitter: NonNegativeFloat = 0.05
     max_in_flight: NonNegativeInt = 0
     rate_adaptive: bool = False
     # A job waits this long for its slot at most; past it, arq brings the job back later.

@@ -36,6 +36,11 @@ class RateLimited(Exception):  # noqa: N818 - the name the job catches
 class RateLimit:
     """The limit one API credential gets across the fleet.
 
+    No one-second window holds more than `rate + burst` slots, and neither does any window of
+    one second plus `jitter`: a call that reaches the API up to `jitter` seconds after its slot
+    still keeps to the API's count. That costs nothing while `burst >= 1 + jitter * rate`;
+    below it, the steady rate is `(rate + burst) / (1 + jitter)` when that is less than `rate`.
+
     A lease is held from the slot until the call is over, and comes back by itself
     `lease_seconds` after the slot if its holder dies: keep it above the HTTP timeout, or a
     slow call's lease lapses and the cap is briefly exceeded. In adaptive mode a 429 halves the
@@ -49,10 +54,11 @@ class RateLimit:
     lease_seconds: float = 30.0
     adaptive: bool = False
     recovery_seconds: float = 10.0
+    jitter: float = 0.05
 
     def __post_init__(self) -> None:
-        if self.rate < 0 or self.burst < 1 or self.max_in_flight < 0:
-            raise ValueError("rate and max_in_flight must be >= 0, burst >= 1")
+        if self.rate < 0 or self.burst < 1 or self.max_in_flight < 0 or self.jitter < 0:
+            raise ValueError("rate, max_in_flight and jitter must be >= 0, burst >= 1")
         if self.lease_seconds <= 0 or self.recovery_seconds <= 0:
             raise ValueError("lease_seconds and recovery_seconds must be > 0")
 
@@ -64,7 +70,8 @@ class Limiter:
     held from then on; the caller then sleeps until its slot, with no retry loop. Only a full
     cap makes a caller wait on other callers: it blocks on a list each release pushes to
     (BLPOP), at most until the first lease expires or `_LEASE_POLL`, and asks again.
-    Keys: `paylinks:ratelimit:{credential}:` `pause`, `tat`, `leases`, `wake`, `adaptive`.
+    Keys: `paylinks:ratelimit:{credential}:` `pause`, `tat`, `leases`, `wake`, `adaptive`,
+    `slots`.
     """
 
     def __init__(self, redis: Redis, credential: str, limit: RateLimit) -> None:
@@ -80,6 +87,7 @@ class Limiter:
             f"{prefix}:leases",
             self._wake_key,
             self._adaptive_key,
+            f"{prefix}:slots",
         ]
         self._config = [
             limit.rate,
@@ -88,6 +96,7 @@ class Limiter:
             _micros(limit.lease_seconds),
             int(limit.adaptive),
             _micros(limit.recovery_seconds),
+            _micros(limit.jitter),
         ]
         self._script = redis.register_script(lua("worker", "ratelimit"))
         # How late a sleeper may wake and still take its slot: one slot's spacing.

@@ -1,8 +1,10 @@
 -- The fleet's rate limit for one API credential: GCRA slots, in-flight leases, 429 pauses.
 -- KEYS: pause (until when, µs), tat (GCRA theoretical arrival time, µs), leases (sorted set of
---       lease ids scored by expiry, µs), wake (list a release pushes to), adaptive (hash)
+--       lease ids scored by expiry, µs), wake (list a release pushes to), adaptive (hash),
+--       slots (sorted set of the slots given, scored by their time, µs)
 -- ARGV: operation, rate (calls/s, 0 = unlimited), burst, max in flight (0 = no cap), lease (µs),
---       adaptive ('1'/'0'), recovery period (µs), then the operation's own arguments:
+--       adaptive ('1'/'0'), recovery period (µs), jitter (µs), then the operation's own
+--       arguments:
 --   acquire lease-id max-wait-µs -> {1, wait µs, slot µs}: reserved, sleep until the slot
 --                                   {0, wait µs, 0}: the slot is further than max-wait; nothing taken
 --                                   {2, µs until the first lease expires, 0}: every lease is held
@@ -10,10 +12,11 @@
 --   pause µs                     -> 1 if the rate was lowered (adaptive mode)
 --   recover                      -> 1 if the rate was raised (adaptive mode)
 -- Every time is the Redis server's clock, so hosts whose clocks disagree share one schedule.
-local pause_key, tat_key, leases_key, wake_key, adaptive_key = unpack(KEYS)
+local pause_key, tat_key, leases_key, wake_key, adaptive_key, slots_key = unpack(KEYS)
 local op = ARGV[1]
 local rate, burst, cap = tonumber(ARGV[2]), tonumber(ARGV[3]), tonumber(ARGV[4])
 local lease_us, adaptive, recovery_us = tonumber(ARGV[5]), ARGV[6] == '1', tonumber(ARGV[7])
+local jitter_us = tonumber(ARGV[8])
 -- Adaptive mode: a 429 halves the rate, never below a tenth of it; each recovery period
 -- without a 429 that sees a successful call gives a tenth back.
 local FLOOR, STEP = 0.1, 0.1
@@ -32,6 +35,28 @@ local function keep(key, us)
   if redis.call('PTTL', key) < us / 1000 then redis.call('PEXPIRE', key, ms(us)) end
 end
 
+-- The edge guard. GCRA alone puts rate + burst slots in some closed one-second window (the
+-- burst, then a slot every interval up to the window's far end): exactly the ceiling, so a
+-- call that reaches the API a little after its slot (a cold connection, a process starved of
+-- CPU while others start) lands in a window that already holds the ceiling. Keeping every
+-- window of one second plus `jitter` to rate + burst slots absorbs such delays up to jitter.
+-- Slots are given in time order, so only the window that ends at the new slot can overflow:
+-- past the ceiling, the slot moves to just after the oldest slot that window must lose.
+local function clear_edge(t, slot)
+  local window = 1000000 + jitter_us
+  local ceiling = math.floor(rate) + burst
+  redis.call('ZREMRANGEBYSCORE', slots_key, '-inf', '(' .. int(t - window))
+  local last = redis.call('ZRANGE', slots_key, -1, -1, 'WITHSCORES')
+  if last[2] then slot = math.max(slot, tonumber(last[2])) end
+  local inside = redis.call('ZCOUNT', slots_key, int(slot - window), '+inf')
+  if inside >= ceiling then
+    local oldest = redis.call('ZRANGEBYSCORE', slots_key, int(slot - window), '+inf',
+      'WITHSCORES', 'LIMIT', inside - ceiling, 1)
+    slot = tonumber(oldest[2]) + window + 1
+  end
+  return slot
+end
+
 local function current_rate()
   if adaptive then
     local lowered = tonumber(redis.call('HGET', adaptive_key, 'rate'))
@@ -41,7 +66,7 @@ local function current_rate()
 end
 
 if op == 'acquire' then
-  local lease, max_wait = ARGV[8], tonumber(ARGV[9])
+  local lease, max_wait = ARGV[9], tonumber(ARGV[10])
   local t = now()
   local start = math.max(t, tonumber(redis.call('GET', pause_key) or 0))
   if cap > 0 then
@@ -57,11 +82,16 @@ if op == 'acquire' then
     -- GCRA: the slot is reserved now, up to burst - 1 intervals ahead of the schedule.
     local interval = 1000000 / current_rate()
     tat = math.max(tonumber(redis.call('GET', tat_key) or 0), start)
-    slot = math.max(start, tat - (burst - 1) * interval)
-    tat = tat + interval
+    slot = clear_edge(t, math.max(start, tat - (burst - 1) * interval))
+    tat = math.max(tat, slot) + interval
   end
   if slot - t > max_wait then return {0, slot - t, 0} end
-  if tat then redis.call('SET', tat_key, int(tat), 'PX', ms(tat - t)) end
+  if tat then
+    redis.call('SET', tat_key, int(tat), 'PX', ms(tat - t))
+    -- tat grows with every slot given, so it names this slot uniquely.
+    redis.call('ZADD', slots_key, int(slot), int(tat))
+    redis.call('PEXPIRE', slots_key, ms(slot - t + 1000000 + jitter_us))
+  end
   if cap > 0 then
     redis.call('ZADD', leases_key, int(slot + lease_us), lease)
     keep(leases_key, slot + lease_us - t)
@@ -70,7 +100,7 @@ if op == 'acquire' then
 end
 
 if op == 'release' then
-  if redis.call('ZREM', leases_key, ARGV[8]) == 0 then return 0 end
+  if redis.call('ZREM', leases_key, ARGV[9]) == 0 then return 0 end
   -- One wake-up per freed lease; the list never holds more than there are leases.
   redis.call('LPUSH', wake_key, '1')
   redis.call('LTRIM', wake_key, 0, cap - 1)
@@ -79,7 +109,7 @@ if op == 'release' then
 end
 
 if op == 'pause' then
-  local pause_us = tonumber(ARGV[8])
+  local pause_us = tonumber(ARGV[9])
   local t = now()
   local paused_until = tonumber(redis.call('GET', pause_key) or 0)
   if pause_us > 0 and t + pause_us > paused_until then
