@@ -15,7 +15,7 @@ import subprocess
 import sys
 import tempfile
 import time
-from bisect import bisect_left
+from bisect import bisect_right
 from pathlib import Path
 from typing import Any
 
@@ -33,7 +33,7 @@ MIN_MEAN_SHARE = 0.95
 
 def max_one_second_window(times: list[float]) -> int:
     """The most calls in any [t, t + 1 s) that starts at a call; `times` sorted."""
-    return max(bisect_left(times, t + 1.0) - i for i, t in enumerate(times))
+    return max(bisect_right(times, t + 1.0) - i for i, t in enumerate(times))
 
 
 def catch_up(times: list[float]) -> dict[str, float]:
