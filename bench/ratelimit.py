@@ -32,7 +32,8 @@ MIN_MEAN_SHARE = 0.95
 
 
 def max_one_second_window(times: list[float]) -> int:
-    """The most calls in any [t, t + 1 s) that starts at a call; `times` sorted."""
+    """The most calls in any [t, t + 1 s], both ends included, that starts at a call; `times`
+    sorted."""
     return max(bisect_right(times, t + 1.0) - i for i, t in enumerate(times))
 
 
