@@ -71,7 +71,7 @@ def measured(command: list[str], env: dict[str, str], log: Path) -> Run:
 
 
 def paylinks_enqueue(services: Services, path: Path, log: Path) -> Run:
-    command = [sys.executable, "-m", "worker", "enqueue", str(path), "--json"]
+    command = [sys.executable, "-m", "paylinks", "enqueue", str(path), "--json"]
     return measured(command, services.env(), log)
 
 
@@ -81,7 +81,7 @@ def arq_enqueue(services: Services, path: Path, log: Path) -> Run:
 
 
 async def emptied(services: Services) -> None:
-    from jobs.connection import connect
+    from paylinks.jobs.connection import connect
 
     redis = connect(services.redis_url)
     await redis.flushall()
@@ -91,8 +91,8 @@ async def emptied(services: Services) -> None:
 async def redis_memory(services: Services) -> dict[str, Any]:
     """used_memory, the key space's own overhead, and (once a batch is in) what each kind of
     key paylinks writes takes, from MEMORY USAGE over every field (SAMPLES 0)."""
-    from jobs import keys
-    from jobs.connection import connect
+    from paylinks.jobs import keys
+    from paylinks.jobs.connection import connect
 
     redis = connect(services.redis_url)
     try:
@@ -273,7 +273,7 @@ async def arq_loop(path: Path) -> dict[str, Any]:
     from arq import create_pool
     from arq.connections import RedisSettings
 
-    from jobs.queue import JOB_FUNCTION
+    from paylinks.jobs.queue import JOB_FUNCTION
 
     pool = await create_pool(RedisSettings.from_dsn(os.environ["REDIS_URL"]))
     enqueued = 0
@@ -291,9 +291,9 @@ async def arq_loop(path: Path) -> dict[str, Any]:
 def steps(path: Path) -> dict[str, float]:
     """Microseconds per request of each step the producer takes per line, timed alone in a
     loop: reading the JSON, validating, the script's arguments, the log event."""
-    from jobs import keys
-    from jobs.intake import canonical, parse
-    from jobs.logs import get_logger
+    from paylinks.jobs import keys
+    from paylinks.jobs.intake import canonical, parse
+    from paylinks.jobs.logs import get_logger
 
     lines = path.read_bytes().splitlines()
     log = get_logger(batch="profile")
@@ -321,10 +321,10 @@ def profile(count: int, top: int = 25) -> None:
     import gc
     import pstats
 
-    from jobs.intake import read_json_lines
-    from jobs.logs import configure
-    from jobs.producer import Producer
-    from worker.redis_server import RedisServer
+    from paylinks.jobs.intake import read_json_lines
+    from paylinks.jobs.logs import configure
+    from paylinks.jobs.producer import Producer
+    from paylinks.worker.redis_server import RedisServer
 
     async def intake(path: Path) -> int:
         async with Producer.connect() as producer:
@@ -388,7 +388,7 @@ def profile(count: int, top: int = 25) -> None:
 
 async def _script_seconds(url: str) -> float:
     """Seconds Redis spent in EVALSHA so far (the commands the scripts ran included)."""
-    from jobs.connection import connect
+    from paylinks.jobs.connection import connect
 
     redis = connect(url)
     try:
@@ -399,7 +399,7 @@ async def _script_seconds(url: str) -> float:
 
 
 async def _flush(url: str) -> None:
-    from jobs.connection import connect
+    from paylinks.jobs.connection import connect
 
     redis = connect(url)
     await redis.flushall()

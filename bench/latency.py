@@ -35,9 +35,9 @@ from bench.throughput import (
     producer,
     quiet_logs,
 )
-from jobs import keys
-from jobs.connection import connect
-from jobs.keys import idempotency_key
+from paylinks.jobs import keys
+from paylinks.jobs.connection import connect
+from paylinks.jobs.keys import idempotency_key
 
 RATE = 20  # requests a second
 WARM_UP = 5

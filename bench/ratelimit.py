@@ -66,7 +66,7 @@ def catch_up(times: list[float]) -> dict[str, float]:
 def enqueue(services: Services, path: Path, log: Path) -> dict[str, Any]:
     with open(log, "wb") as stderr:
         done = subprocess.run(
-            [sys.executable, "-m", "worker", "enqueue", str(path), "--json"],
+            [sys.executable, "-m", "paylinks", "enqueue", str(path), "--json"],
             env=services.env(),
             cwd=ROOT,
             stdout=subprocess.PIPE,

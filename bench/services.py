@@ -12,8 +12,8 @@ from typing import Any
 
 import aiohttp
 
-from worker.ports import free_port, wait_for_port
-from worker.redis_server import RedisServer
+from paylinks.worker.ports import free_port, wait_for_port
+from paylinks.worker.redis_server import RedisServer
 
 
 @dataclass
@@ -51,7 +51,7 @@ class Services:
 
     async def fresh(self, **faults: float | str) -> None:
         """An empty Redis and a reset sandbox with these fault knobs, for the next section."""
-        from jobs.connection import connect
+        from paylinks.jobs.connection import connect
 
         redis = connect(self.redis_url)
         await redis.flushall()
@@ -66,7 +66,7 @@ def running() -> Iterator[Services]:
     port = free_port()
     with RedisServer() as redis:
         sandbox = subprocess.Popen(
-            [sys.executable, "-m", "worker", "sandbox", "--port", str(port)],
+            [sys.executable, "-m", "paylinks", "sandbox", "--port", str(port)],
             stderr=subprocess.DEVNULL,
         )
         try:

@@ -48,18 +48,18 @@ import structlog
 
 from bench.contenders import plain_arq, wire_bodies, write_bodies
 from bench.services import Services
-from jobs import keys
-from jobs.config import ProducerConfig
-from jobs.connection import connect
-from jobs.logs import configure
-from jobs.producer import Producer
+from paylinks.jobs import keys
+from paylinks.jobs.config import ProducerConfig
+from paylinks.jobs.connection import connect
+from paylinks.jobs.logs import configure
+from paylinks.jobs.producer import Producer
 
 ROOT = Path(__file__).resolve().parent.parent
 LATENCY_MS = 20
 CONCURRENCY = 100
 # The limiter stays on (one script call per job), set so high that it never holds a call back.
 RATE_LIMIT = "100000"
-PAYLINKS = [sys.executable, "-m", "worker", "worker", "--burst"]
+PAYLINKS = [sys.executable, "-m", "paylinks", "worker", "--burst"]
 TARGETS = {"c/b": 1.0, "c/a": 0.5}
 # Before each run, wait up to this long (quick, full) for other tenants of the machine to
 # leave it under QUIET_CORES busy: their load is the largest source of noise here.

@@ -9,7 +9,7 @@ from decimal import ROUND_HALF_UP, Decimal
 from pathlib import Path
 from typing import Any
 
-from jobs.models import CheckoutRequest, minor_units
+from paylinks.jobs.models import CheckoutRequest, minor_units
 
 HERE = Path(__file__).resolve().parent
 SEED = 20260401

@@ -8,10 +8,10 @@ from typing import Any
 from redis.asyncio import Redis
 from redis.asyncio.client import Pipeline
 
-from jobs import keys, queue
-from jobs.logs import get_logger
-from jobs.records import State
-from jobs.scripts import lua
+from paylinks.jobs import keys, queue
+from paylinks.jobs.logs import get_logger
+from paylinks.jobs.records import State
+from paylinks.jobs.scripts import lua
 
 COMPLETED_STREAM_LENGTH = 10_000
 
@@ -23,7 +23,7 @@ def now_ms() -> int:
 class Batches:
     def __init__(self, redis: Redis) -> None:
         self.redis = redis
-        self._complete = redis.register_script(lua("jobs", "complete"))
+        self._complete = redis.register_script(lua("paylinks.jobs", "complete"))
 
     async def open(self, batch: str, ttl_s: int, webhook_url: str | None = None) -> None:
         """List the batch from its first request on, so `paylinks batches` shows it filling.

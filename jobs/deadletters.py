@@ -9,11 +9,11 @@ from typing import Any
 
 from redis.asyncio import Redis
 
-from jobs import keys, queue
-from jobs.batches import Batches, now_ms
-from jobs.config import ProducerConfig
-from jobs.records import Record, read_record
-from jobs.scripts import lua
+from paylinks.jobs import keys, queue
+from paylinks.jobs.batches import Batches, now_ms
+from paylinks.jobs.config import ProducerConfig
+from paylinks.jobs.records import Record, read_record
+from paylinks.jobs.scripts import lua
 
 
 @dataclass(frozen=True)
@@ -60,7 +60,7 @@ class DeadLetters:
         self.redis = redis
         self.config = config
         self.batches = Batches(redis)
-        self._requeue = redis.register_script(lua("jobs", "requeue"))
+        self._requeue = redis.register_script(lua("paylinks.jobs", "requeue"))
 
     async def retry(self, *, batch: str | None = None, token: str | None = None) -> dict[str, int]:
         """Queue dead letters again under their own idempotency keys.

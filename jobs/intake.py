@@ -11,7 +11,7 @@ from typing import IO, Any, NamedTuple
 import orjson
 from pydantic import ValidationError
 
-from jobs.models import AMOUNT_PATTERN, AMOUNT_RULE, CheckoutRequest
+from paylinks.jobs.models import AMOUNT_PATTERN, AMOUNT_RULE, CheckoutRequest
 
 
 class Accepted(NamedTuple):

@@ -13,15 +13,15 @@ from typing import Any, TypeVar
 import orjson
 from redis.asyncio import Redis
 
-from jobs import keys, queue
-from jobs.batches import Batches, now_ms
-from jobs.config import ProducerConfig
-from jobs.connection import connect
-from jobs.intake import Accepted, Numbered, checked
-from jobs.logs import get_logger
-from jobs.models import CheckoutRequest
-from jobs.records import State, iter_records
-from jobs.scripts import lua
+from paylinks.jobs import keys, queue
+from paylinks.jobs.batches import Batches, now_ms
+from paylinks.jobs.config import ProducerConfig
+from paylinks.jobs.connection import connect
+from paylinks.jobs.intake import Accepted, Numbered, checked
+from paylinks.jobs.logs import get_logger
+from paylinks.jobs.models import CheckoutRequest
+from paylinks.jobs.records import State, iter_records
+from paylinks.jobs.scripts import lua
 
 PIPELINE_SIZE = 500
 # A chunk's command (about 450 KB) is larger than a socket buffer; the event loop must get
@@ -81,7 +81,7 @@ class Producer:
         self.redis = redis
         self.config = config
         self.batches = Batches(redis)
-        self._enqueue = redis.register_script(lua("jobs", "enqueue"))
+        self._enqueue = redis.register_script(lua("paylinks.jobs", "enqueue"))
 
     @classmethod
     def connect(cls, config: ProducerConfig | None = None) -> Producer:

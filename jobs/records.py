@@ -9,7 +9,7 @@ from typing import Any
 
 from redis.asyncio import Redis
 
-from jobs import keys
+from paylinks.jobs import keys
 
 
 class State(StrEnum):

@@ -14,9 +14,9 @@ import aiohttp
 import pytest
 from redis.asyncio import Redis
 
-from jobs.connection import connect
-from worker.ports import free_port, wait_for_port
-from worker.redis_server import RedisServer
+from paylinks.jobs.connection import connect
+from paylinks.worker.ports import free_port, wait_for_port
+from paylinks.worker.redis_server import RedisServer
 
 ROOT = Path(__file__).resolve().parent.parent
 EXAMPLES = ROOT / "examples"
@@ -53,7 +53,7 @@ class Sandbox:
         self.port = port
         self.base_url = f"http://127.0.0.1:{port}/sandbox"
         self.process = subprocess.Popen(
-            [sys.executable, "-m", "worker", "sandbox", "--port", str(port)],
+            [sys.executable, "-m", "paylinks", "sandbox", "--port", str(port)],
             stderr=subprocess.DEVNULL,
         )
 
@@ -117,7 +117,7 @@ def paylinks(
 ) -> subprocess.CompletedProcess[bytes]:
     """Run the `paylinks` command as a separate process, as a script would."""
     return subprocess.run(
-        [sys.executable, "-m", "worker", *args],
+        [sys.executable, "-m", "paylinks", *args],
         env=env,
         input=input,
         capture_output=True,
@@ -129,7 +129,7 @@ def paylinks(
 def start_worker(env: dict[str, str], *args: str) -> subprocess.Popen[bytes]:
     """A worker whose log (stderr) is read from a pipe: for short runs that are read as they end."""
     return subprocess.Popen(
-        [sys.executable, "-m", "worker", "worker", *args],
+        [sys.executable, "-m", "paylinks", "worker", *args],
         env=env,
         stdout=subprocess.PIPE,
         stderr=subprocess.PIPE,
@@ -143,7 +143,7 @@ def spawn_worker(env: dict[str, str], log: Path, *args: str) -> subprocess.Popen
     worker wrote."""
     with open(log, "wb") as stderr:
         return subprocess.Popen(
-            [sys.executable, "-m", "worker", "worker", *args],
+            [sys.executable, "-m", "paylinks", "worker", *args],
             env=env,
             stdout=subprocess.DEVNULL,
             stderr=stderr,

@@ -16,10 +16,10 @@ from typing import Any
 from aiohttp import web
 from redis.asyncio import Redis
 
-from jobs.keys import COMPLETED_BATCHES, checkout_key, idempotency_key
+from paylinks.jobs.keys import COMPLETED_BATCHES, checkout_key, idempotency_key
+from paylinks.worker.ports import free_port
 from tests.conftest import EXAMPLES, Sandbox, paylinks, start_worker, stop_worker
 from tests.test_end_to_end import events, example_requests, results, run_workers, write_requests
-from worker.ports import free_port
 
 INVOICES = EXAMPLES / "invoices.csv"
 TEMPLATE = EXAMPLES / "invoices-template.json"

@@ -10,8 +10,8 @@ from pathlib import Path
 import orjson
 from redis.asyncio import Redis
 
-from jobs.keys import checkout_key, idempotency_key
-from jobs.models import CheckoutRequest
+from paylinks.jobs.keys import checkout_key, idempotency_key
+from paylinks.jobs.models import CheckoutRequest
 from tests.conftest import EXAMPLES, paylinks
 
 BAD = EXAMPLES / "bad-checkouts.jsonl"

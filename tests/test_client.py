@@ -8,13 +8,13 @@ import pytest
 from pydantic import AnyHttpUrl, SecretStr
 from redis.asyncio import Redis
 
-from jobs import keys
-from jobs.models import CheckoutRequest
+from paylinks import __version__
+from paylinks.jobs import keys
+from paylinks.jobs.models import CheckoutRequest
+from paylinks.worker.auth import StaticToken, TokenEndpoint, credential_id
+from paylinks.worker.config import ConomyConfig
+from paylinks.worker.conomy import ConomyClient
 from tests.conftest import ACCESS_TOKEN, API_KEY, EXAMPLES, Sandbox
-from worker import __version__
-from worker.auth import StaticToken, TokenEndpoint, credential_id
-from worker.config import ConomyConfig
-from worker.conomy import ConomyClient
 
 
 def body() -> bytes:

@@ -22,9 +22,10 @@ from typing import Any
 import pytest
 from redis.asyncio import Redis
 
-from jobs import keys
-from jobs.batches import Batches
-from jobs.connection import connect
+from paylinks.jobs import keys
+from paylinks.jobs.batches import Batches
+from paylinks.jobs.connection import connect
+from paylinks.worker.redis_server import RedisServer
 from tests.conftest import Sandbox, log_events, paylinks, spawn_worker
 from tests.test_end_to_end import (
     enqueue,
@@ -33,7 +34,6 @@ from tests.test_end_to_end import (
     unique_requests,
     write_requests,
 )
-from worker.redis_server import RedisServer
 
 
 async def batch_status(redis: Redis, batch: str) -> dict[str, Any] | None:

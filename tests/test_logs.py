@@ -5,7 +5,7 @@ from datetime import datetime
 
 from structlog.processors import TimeStamper
 
-from jobs.logs import Redactor, Timestamp
+from paylinks.jobs.logs import Redactor, Timestamp
 
 
 def test_timestamps_read_as_structlogs_iso_utc_and_keep_time() -> None:

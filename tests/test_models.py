@@ -12,9 +12,9 @@ from typing import Any
 import pytest
 from pydantic import ValidationError
 
-from jobs.intake import Accepted, accept, checked, describe, read_csv, read_json_lines
-from jobs.keys import IDEMPOTENCY_NAMESPACE, idempotency_key
-from jobs.models import CheckoutRequest, personal_data
+from paylinks.jobs.intake import Accepted, accept, checked, describe, read_csv, read_json_lines
+from paylinks.jobs.keys import IDEMPOTENCY_NAMESPACE, idempotency_key
+from paylinks.jobs.models import CheckoutRequest, personal_data
 
 EXAMPLES = Path(__file__).resolve().parents[1] / "examples"
 

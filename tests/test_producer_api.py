@@ -1,5 +1,5 @@
-"""The Python API (`jobs.producer`): Producer and SyncProducer on a real Redis, with real worker
-processes and the sandbox over HTTP; and the README's example run as it is written."""
+"""The Python API (`paylinks.Producer`, `paylinks.SyncProducer`) on a real Redis, with real
+worker processes and the sandbox over HTTP; and the README's example run as it is written."""
 
 from __future__ import annotations
 
@@ -14,11 +14,11 @@ from typing import Any
 import pytest
 from redis.asyncio import Redis
 
-from jobs.intake import parse
-from jobs.producer import Producer, SyncProducer
+from paylinks.jobs.intake import parse
+from paylinks.jobs.producer import Producer, SyncProducer
+from paylinks.worker.redis_server import RedisServer
 from tests.conftest import ROOT, Sandbox, start_worker, stop_worker
 from tests.test_end_to_end import example_requests, run_workers
-from worker.redis_server import RedisServer
 
 # The fields the README documents for a batch's status; a status may carry more.
 STATUS_FIELDS = ("batch", "total", "queued", "in_progress", "retrying", "created", "failed", "done")
@@ -227,7 +227,7 @@ async def test_the_python_api_leaves_the_programs_stdout_alone(
     # API prints its own output on stdout, and the producer's log events must not mix into it.
     code = (
         "import json, sys\n"
-        "from jobs.producer import SyncProducer\n"
+        "from paylinks import SyncProducer\n"
         "with SyncProducer() as producer:\n"
         "    report = producer.enqueue([json.loads(sys.stdin.read())], batch='quiet')\n"
         "print('enqueued', report.enqueued)\n"

@@ -12,9 +12,9 @@ from typing import Any
 import pytest
 from redis.asyncio import Redis
 
+from paylinks.worker.ratelimit import Limiter, RateLimit, RateLimited
+from paylinks.worker.redis_server import RedisServer
 from tests.conftest import ROOT
-from worker.ratelimit import Limiter, RateLimit, RateLimited
-from worker.redis_server import RedisServer
 
 CREDENTIAL = "test-credential"
 LEASES = f"paylinks:ratelimit:{CREDENTIAL}:leases"
@@ -23,8 +23,8 @@ LEASES = f"paylinks:ratelimit:{CREDENTIAL}:leases"
 # prints when each slot was entered.
 ACQUIRER = """
 import asyncio, json, sys, time
-from jobs.connection import connect
-from worker.ratelimit import Limiter, RateLimit
+from paylinks.jobs.connection import connect
+from paylinks.worker.ratelimit import Limiter, RateLimit
 
 async def main(url, credential, limit, tasks, seconds):
     redis = connect(url)
@@ -49,8 +49,8 @@ asyncio.run(main(sys.argv[1], sys.argv[2], sys.argv[3], int(sys.argv[4]), float(
 # Takes a slot and never gives it back: it is killed holding it.
 HOLDER = """
 import asyncio, json, sys
-from jobs.connection import connect
-from worker.ratelimit import Limiter, RateLimit
+from paylinks.jobs.connection import connect
+from paylinks.worker.ratelimit import Limiter, RateLimit
 
 async def main(url, credential, limit):
     limiter = Limiter(connect(url), credential, RateLimit(**json.loads(limit)))

@@ -4,7 +4,7 @@ from datetime import UTC, datetime
 
 import pytest
 
-from worker.retries import backoff, is_retryable, retry_after_seconds
+from paylinks.worker.retries import backoff, is_retryable, retry_after_seconds
 
 
 @pytest.mark.parametrize("status", [408, 425, 429, 500, 502, 503, 504])

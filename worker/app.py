@@ -10,16 +10,16 @@ from arq.connections import RedisSettings
 from arq.worker import Function, run_worker
 from redis.exceptions import RedisError
 
-from jobs import keys, queue
-from jobs.connection import RETRY_ON_ERROR, connect, restart_retry
-from jobs.logs import configure, get_logger
-from worker.auth import access_tokens, credential_id
-from worker.config import ConomyConfig, WorkerConfig
-from worker.conomy import ConomyClient, open_http
-from worker.outcomes import Outcomes
-from worker.ratelimit import Limiter, RateLimit
-from worker.tasks import Deps, create_checkout_session
-from worker.webhooks import notify_batch_completed
+from paylinks.jobs import keys, queue
+from paylinks.jobs.connection import RETRY_ON_ERROR, connect, restart_retry
+from paylinks.jobs.logs import configure, get_logger
+from paylinks.worker.auth import access_tokens, credential_id
+from paylinks.worker.config import ConomyConfig, WorkerConfig
+from paylinks.worker.conomy import ConomyClient, open_http
+from paylinks.worker.outcomes import Outcomes
+from paylinks.worker.ratelimit import Limiter, RateLimit
+from paylinks.worker.tasks import Deps, create_checkout_session
+from paylinks.worker.webhooks import notify_batch_completed
 
 
 async def startup(ctx: dict[str, Any]) -> None:

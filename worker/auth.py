@@ -10,9 +10,9 @@ import aiohttp
 import orjson
 from redis.asyncio import Redis
 
-from jobs import keys
-from jobs.logs import get_logger, redact
-from worker.config import ConomyConfig
+from paylinks.jobs import keys
+from paylinks.jobs.logs import get_logger, redact
+from paylinks.worker.config import ConomyConfig
 
 
 class AuthError(Exception):

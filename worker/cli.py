@@ -19,15 +19,16 @@ import uvloop
 from pydantic import ValidationError
 from pydantic_settings import BaseSettings
 
-from jobs.config import ProducerConfig
-from jobs.deadletters import DeadLetters, dead_letters
-from jobs.intake import Numbered, read_csv, read_json_lines
-from jobs.logs import configure
-from jobs.producer import EnqueueReport, Producer, Rejection, new_batch_id
-from jobs.records import RESULT_COLUMNS
-from worker import sandbox_options
-from worker.config import ConomyConfig, WorkerConfig, describe
-from worker.progress import watch
+from paylinks import __version__
+from paylinks.jobs.config import ProducerConfig
+from paylinks.jobs.deadletters import DeadLetters, dead_letters
+from paylinks.jobs.intake import Numbered, read_csv, read_json_lines
+from paylinks.jobs.logs import configure
+from paylinks.jobs.producer import EnqueueReport, Producer, Rejection, new_batch_id
+from paylinks.jobs.records import RESULT_COLUMNS
+from paylinks.worker import sandbox_options
+from paylinks.worker.config import ConomyConfig, WorkerConfig, describe
+from paylinks.worker.progress import watch
 
 Config = TypeVar("Config", bound=BaseSettings)
 
@@ -187,7 +188,7 @@ async def purge_dead_letters(args: argparse.Namespace) -> int:
 
 
 def worker(args: argparse.Namespace) -> int:
-    from worker.app import run
+    from paylinks.worker.app import run
 
     config = load(WorkerConfig)
     if args.concurrency:
@@ -197,7 +198,8 @@ def worker(args: argparse.Namespace) -> int:
 
 
 def serve_sandbox(args: argparse.Namespace) -> int:
-    from worker import sandbox  # aiohttp's server: a tenth of a second no other command needs
+    # aiohttp's server: a tenth of a second no other command needs.
+    from paylinks.worker import sandbox
 
     configure()
     with suppress(KeyboardInterrupt):
@@ -206,7 +208,7 @@ def serve_sandbox(args: argparse.Namespace) -> int:
 
 
 def demo(args: argparse.Namespace) -> int:
-    from worker.demo import run_demo
+    from paylinks.worker.demo import run_demo
 
     return run_demo(args.file, workers=args.workers)
 
@@ -219,6 +221,7 @@ def parser() -> argparse.ArgumentParser:
     root = argparse.ArgumentParser(
         prog="paylinks", description="Create Conomy payment links in bulk."
     )
+    root.add_argument("--version", action="version", version=f"paylinks {__version__}")
     commands = root.add_subparsers(dest="command", required=True)
 
     p = commands.add_parser("enqueue", help="validate checkout requests and enqueue a batch")

@@ -14,7 +14,7 @@ from pydantic import (
 )
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
-from jobs.config import ProducerConfig
+from paylinks.jobs.config import ProducerConfig
 
 SANDBOX_BASE_URL = "https://api.conomyhq.com/sandbox"
 

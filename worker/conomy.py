@@ -7,9 +7,9 @@ from dataclasses import dataclass
 import aiohttp
 import orjson
 
-from worker import __version__
-from worker.auth import AccessTokens
-from worker.config import ConomyConfig, WorkerConfig
+from paylinks import __version__
+from paylinks.worker.auth import AccessTokens
+from paylinks.worker.config import ConomyConfig, WorkerConfig
 
 # The failure url's name in a stored request; the reference does not name the field.
 FAILURE_URL = "failureUrl"

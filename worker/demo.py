@@ -13,13 +13,13 @@ from contextlib import ExitStack
 from pathlib import Path
 from typing import BinaryIO
 
-from jobs.intake import read_json_lines
-from jobs.logs import configure
-from jobs.producer import Producer
-from jobs.records import RESULT_COLUMNS
-from worker.ports import free_port, wait_for_port
-from worker.progress import watch
-from worker.redis_server import RedisServer
+from paylinks.jobs.intake import read_json_lines
+from paylinks.jobs.logs import configure
+from paylinks.jobs.producer import Producer
+from paylinks.jobs.records import RESULT_COLUMNS
+from paylinks.worker.ports import free_port, wait_for_port
+from paylinks.worker.progress import watch
+from paylinks.worker.redis_server import RedisServer
 
 RESULTS = Path("results")
 # A sandbox that misbehaves a little, so the demo shows retries as well as links.
@@ -51,7 +51,7 @@ def run_demo(file: str, *, workers: int = 2) -> int:
 
 
 def _spawn(command: list[str], log: BinaryIO) -> subprocess.Popen[bytes]:
-    return subprocess.Popen([sys.executable, "-m", "worker", *command], stderr=log)
+    return subprocess.Popen([sys.executable, "-m", "paylinks", *command], stderr=log)
 
 
 def _stop(processes: list[subprocess.Popen[bytes]]) -> None:

@@ -4,17 +4,17 @@ from __future__ import annotations
 
 from redis.asyncio import Redis
 
-from jobs import keys
-from jobs.batches import Batches, now_ms
-from jobs.records import Record, State
-from jobs.scripts import lua
+from paylinks.jobs import keys
+from paylinks.jobs.batches import Batches, now_ms
+from paylinks.jobs.records import Record, State
+from paylinks.jobs.scripts import lua
 
 
 class Outcomes:
     def __init__(self, redis: Redis) -> None:
         self.redis = redis
         self.batches = Batches(redis)
-        self._transition = redis.register_script(lua("worker", "transition"))
+        self._transition = redis.register_script(lua("paylinks.worker", "transition"))
 
     async def move(
         self,

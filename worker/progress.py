@@ -18,7 +18,7 @@ from rich.progress import (
 )
 from rich.text import Text
 
-from jobs.producer import Producer
+from paylinks.jobs.producer import Producer
 
 
 class RateColumn(ProgressColumn):

@@ -12,8 +12,8 @@ from typing import Any
 
 from redis.asyncio import Redis
 
-from jobs import keys
-from jobs.scripts import lua
+from paylinks.jobs import keys
+from paylinks.jobs.scripts import lua
 
 # The script's answers to `acquire`, besides 1 for a reserved slot.
 _TOO_LONG, _ALL_LEASED = 0, 2
@@ -98,7 +98,7 @@ class Limiter:
             _micros(limit.recovery_seconds),
             _micros(limit.jitter),
         ]
-        self._script = redis.register_script(lua("worker", "ratelimit"))
+        self._script = redis.register_script(lua("paylinks.worker", "ratelimit"))
         # How late a sleeper may wake and still take its slot: one slot's spacing.
         self._lateness = max(1 / limit.rate, _SHORTEST_BLOCK) if limit.rate else float("inf")
 

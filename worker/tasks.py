@@ -14,16 +14,16 @@ from pydantic import ValidationError
 from redis.asyncio import Redis
 from redis.exceptions import RedisError
 
-from jobs import keys
-from jobs.logs import get_logger
-from jobs.models import CheckoutSession, personal_data
-from jobs.records import Record, State, read_record
-from worker.auth import AuthError
-from worker.config import WorkerConfig
-from worker.conomy import ApiAnswer, ConomyClient
-from worker.outcomes import Outcomes
-from worker.ratelimit import Limiter, RateLimited
-from worker.retries import backoff, is_retryable, retry_after_seconds
+from paylinks.jobs import keys
+from paylinks.jobs.logs import get_logger
+from paylinks.jobs.models import CheckoutSession, personal_data
+from paylinks.jobs.records import Record, State, read_record
+from paylinks.worker.auth import AuthError
+from paylinks.worker.config import WorkerConfig
+from paylinks.worker.conomy import ApiAnswer, ConomyClient
+from paylinks.worker.outcomes import Outcomes
+from paylinks.worker.ratelimit import Limiter, RateLimited
+from paylinks.worker.retries import backoff, is_retryable, retry_after_seconds
 
 # How much of a failed call's response body a dead letter keeps.
 RESPONSE_KEPT = 2000

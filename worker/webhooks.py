@@ -11,10 +11,10 @@ import aiohttp
 import orjson
 from arq import Retry
 
-from jobs import keys
-from jobs.logs import get_logger
-from worker.retries import backoff
-from worker.tasks import Deps
+from paylinks.jobs import keys
+from paylinks.jobs.logs import get_logger
+from paylinks.worker.retries import backoff
+from paylinks.worker.tasks import Deps
 
 SIGNATURE_HEADER = "X-Paylinks-Signature"
 

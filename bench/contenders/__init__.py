@@ -12,9 +12,9 @@ from pathlib import Path
 import orjson
 
 from bench.data import requests
-from jobs.intake import parse
-from jobs.keys import idempotency_key
-from worker import __version__
+from paylinks import __version__
+from paylinks.jobs.intake import parse
+from paylinks.jobs.keys import idempotency_key
 
 API_KEY = "sandbox-key"
 ACCESS_TOKEN = "sandbox-token"

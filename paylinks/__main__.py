@@ -1,0 +1,5 @@
+"""`python -m paylinks` is the `paylinks` command."""
+
+from paylinks.worker.cli import main
+
+main()
