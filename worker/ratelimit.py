@@ -99,8 +99,14 @@ class Limiter:
             _micros(limit.jitter),
         ]
         self._script = redis.register_script(lua("paylinks.worker", "ratelimit"))
-        # How late a sleeper may wake and still take its slot: one slot's spacing.
-        self._lateness = max(1 / limit.rate, _SHORTEST_BLOCK) if limit.rate else float("inf")
+        # How late a sleeper may wake and still take its slot: one slot's spacing, and at most
+        # half the jitter the schedule leaves room for; the other half is for the round trips
+        # and the call that follow the wake-up.
+        self._lateness = (
+            max(min(1 / limit.rate, limit.jitter / 2), _SHORTEST_BLOCK)
+            if limit.rate
+            else float("inf")
+        )
 
     @asynccontextmanager
     async def slot(self, max_wait: float) -> AsyncIterator[float]:
