@@ -437,6 +437,8 @@ async def test_enqueue_wait_waits_for_an_earlier_batchs_copies_of_its_duplicates
         before = await hget_calls(redis)
 
         async def polled_them() -> bool:
+            if waiting.poll() is not None:
+                pytest.fail("--wait exited while the earlier copies were still queued")
             return await hget_calls(redis) >= before + 3 * len(requests)
 
         # It read the earlier copies' states three times, and is still waiting for them.
