@@ -157,15 +157,22 @@ async def test_an_answer_lost_to_a_timeout_is_asked_for_again_under_the_same_key
 async def test_a_rejected_request_fails_at_once_with_the_apis_message(
     redis: Redis, sandbox: Sandbox, env: dict[str, str], tmp_path: Path
 ) -> None:
-    report = enqueue(write_requests(tmp_path / "f.jsonl", example_requests(3)), env)
-    logs = run_workers({**env, "CONOMY_API_KEY": "not-the-key"}, 1)
+    await sandbox.faults(reject_prefix="INV-")
+    requests = example_requests(3)
+    report = enqueue(write_requests(tmp_path / "f.jsonl", requests), env)
+    logs = run_workers(env, 1)
     rows = results(report["batch"], env)
     assert {(r["state"], r["attempts"]) for r in rows} == {("failed", 1)}
-    assert all(r["error"] for r in rows)
+    # The sandbox's own words for a refused token, which name the request's owner.
+    assert [r["error"] for r in rows] == [
+        f"owner.identityId {r['owner']['identityId']!r} is not an identity of this account"
+        for r in requests
+    ]
     status = json.loads(paylinks("status", report["batch"], "--json", env=env).stdout)
     assert (status["failed"], status["done"]) == (3, True)
     failed = [e for log in logs for e in events(log) if e["event"] == "checkout.failed"]
-    assert {e["http_status"] for e in failed} == {403}
+    assert {e["http_status"] for e in failed} == {400}
+    assert (await sandbox.stats())["calls"] == 3
 
 
 async def test_no_secret_or_personal_data_reaches_a_log_line(

@@ -8,6 +8,7 @@ import json
 import re
 import subprocess
 import sys
+import time
 from collections.abc import AsyncIterator
 from typing import Any
 
@@ -29,6 +30,13 @@ def redis_url(redis_server: RedisServer, monkeypatch: pytest.MonkeyPatch) -> str
     """Producers here find Redis as the README says: through REDIS_URL."""
     monkeypatch.setenv("REDIS_URL", redis_server.url)
     return redis_server.url
+
+
+async def status_reads(redis: Redis) -> int:
+    """How many times this test's Redis was asked for a hash whole, as a status read does.
+    The Redis is the test session's own, so nothing else counts here."""
+    stats = await redis.info("commandstats")
+    return int(stats.get("cmdstat_hgetall", {}).get("calls", 0))
 
 
 async def burst_workers(env: dict[str, str], count: int = 2) -> list[str]:
@@ -65,14 +73,18 @@ async def test_producer_enqueues_dicts_waits_and_reads_results(
         assert status is not None
         assert (status["total"], status["queued"], status["done"]) == (6, 6, False)
 
-        # Nothing works the batch yet: `wait` keeps waiting until the caller's deadline.
-        with pytest.raises(TimeoutError):
-            async with asyncio.timeout(0.5):
-                await producer.wait("api-list", poll_interval=0.05)
+        # Nothing works the batch yet: `wait` reads its status again and again, and waits on.
+        before = await status_reads(redis)
+        waiting = asyncio.create_task(producer.wait("api-list", poll_interval=0.05))
+        deadline = time.monotonic() + 30
+        while await status_reads(redis) < before + 3:
+            assert time.monotonic() < deadline, "wait stopped reading the status"
+            await asyncio.sleep(0.02)
+        assert not waiting.done()
 
         workers = asyncio.create_task(burst_workers(env, 2))
         async with asyncio.timeout(60):
-            final = await producer.wait("api-list", poll_interval=0.1)
+            final = await waiting
         await workers
         assert {k: final[k] for k in STATUS_FIELDS} == {
             "batch": "api-list",
@@ -150,8 +162,10 @@ def test_sync_producer_from_plain_code(
         status = producer.status("sync")
         assert status is not None
         assert (status["total"], status["queued"]) == (4, 4)
+        # No worker runs: only the caller's timeout can end this wait.
         with pytest.raises(TimeoutError):
             producer.wait("sync", poll_interval=0.05, timeout=0.5)
+        assert producer.status("sync") == status
 
         run_workers(env, 1)
 

@@ -3,32 +3,49 @@
 from __future__ import annotations
 
 import asyncio
+import functools
+import itertools
 import json
 import sys
 import time
-from bisect import bisect_left, bisect_right
+from bisect import bisect_right
+from collections.abc import Awaitable, Callable
 from typing import Any
 
 import pytest
 from redis.asyncio import Redis
 
+from paylinks.worker import ratelimit
 from paylinks.worker.ratelimit import Limiter, RateLimit, RateLimited
 from paylinks.worker.redis_server import RedisServer
 from tests.conftest import ROOT
 
 CREDENTIAL = "test-credential"
 LEASES = f"paylinks:ratelimit:{CREDENTIAL}:leases"
+WAKE = f"paylinks:ratelimit:{CREDENTIAL}:wake"
+TAT = f"paylinks:ratelimit:{CREDENTIAL}:tat"
+PAUSE = f"paylinks:ratelimit:{CREDENTIAL}:pause"
+ADAPTIVE = f"paylinks:ratelimit:{CREDENTIAL}:adaptive"
 
 # Acquires slots in several tasks for a while, from the moment it reads a line on stdin, and
-# prints when each slot was entered.
+# prints when each slot was entered and every slot Redis reserved for it.
 ACQUIRER = """
 import asyncio, json, sys, time
 from paylinks.jobs.connection import connect
 from paylinks.worker.ratelimit import Limiter, RateLimit
 
+class Recording(Limiter):
+    granted = []
+
+    async def _call(self, operation, *args):
+        answer = await super()._call(operation, *args)
+        if operation == "acquire" and answer[0] == 1:
+            self.granted.append(answer[2])
+        return answer
+
 async def main(url, credential, limit, tasks, seconds):
     redis = connect(url)
-    limiter = Limiter(redis, credential, RateLimit(**json.loads(limit)))
+    limiter = Recording(redis, credential, RateLimit(**json.loads(limit)))
     stamps = []
 
     async def acquire(end):
@@ -40,7 +57,7 @@ async def main(url, credential, limit, tasks, seconds):
     await asyncio.get_running_loop().run_in_executor(None, sys.stdin.readline)
     end = time.time() + seconds
     await asyncio.gather(*(acquire(end) for _ in range(tasks)))
-    print(json.dumps(stamps), flush=True)
+    print(json.dumps({"entered": stamps, "granted": limiter.granted}), flush=True)
     await redis.aclose()
 
 asyncio.run(main(sys.argv[1], sys.argv[2], sys.argv[3], int(sys.argv[4]), float(sys.argv[5])))
@@ -87,9 +104,18 @@ async def acquire_for(limiter: Limiter, seconds: float, tasks: int) -> list[floa
     return stamps
 
 
-def busiest_second(stamps: list[float]) -> int:
-    stamps = sorted(stamps)
-    return max(bisect_left(stamps, t + 1.0) - i for i, t in enumerate(stamps))
+class Recording(Limiter):
+    """A limiter that keeps every slot Redis reserved for it (µs, on Redis's clock)."""
+
+    def __init__(self, redis: Redis, credential: str, limit: RateLimit) -> None:
+        super().__init__(redis, credential, limit)
+        self.granted: list[int] = []
+
+    async def _call(self, operation: str, *args: str | int) -> Any:
+        answer = await super()._call(operation, *args)
+        if operation == "acquire" and answer[0] == 1:
+            self.granted.append(answer[2])
+        return answer
 
 
 def mean_rate(stamps: list[float], burst: int) -> float:
@@ -97,22 +123,35 @@ def mean_rate(stamps: list[float], burst: int) -> float:
     return (len(stamps) - burst) / (max(stamps) - min(stamps))
 
 
-RATE, BURST = 50, 5
+def most_in_window(slots: list[int], seconds: float) -> int:
+    """The most slots in any closed window of `seconds`, both ends included."""
+    slots = sorted(slots)
+    return max(bisect_right(slots, s + seconds * 1e6) - i for i, s in enumerate(slots))
+
+
+RATE, BURST, JITTER = 50, 5, 0.05
+
+
+# What the limiter guarantees is its schedule: every window of 1 s + jitter holds at most
+# rate + burst of the slots it grants. When a task then enters its slot depends on how soon
+# a loaded machine wakes it, so the windows are counted on the slots granted (Redis's clock),
+# every one of them, a slot given up after a late wake-up included.
 
 
 async def test_concurrent_acquirers_in_one_process_keep_to_the_rate(redis: Redis) -> None:
-    limiter = Limiter(redis, CREDENTIAL, RateLimit(rate=RATE, burst=BURST))
+    limiter = Recording(redis, CREDENTIAL, RateLimit(rate=RATE, burst=BURST, jitter=JITTER))
     stamps = await acquire_for(limiter, 1.5, tasks=20)
-    print(f"one process: busiest second {busiest_second(stamps)}, mean rate", end=" ")
+    busiest = most_in_window(limiter.granted, 1 + JITTER)
+    print(f"one process: at most {busiest} slots granted in {1 + JITTER} s, mean rate", end=" ")
     print(f"{mean_rate(stamps, BURST):.1f}/s over {len(stamps)} slots")
-    assert busiest_second(stamps) <= RATE + BURST
+    assert busiest <= RATE + BURST
     assert mean_rate(stamps, BURST) >= 0.9 * RATE
 
 
 async def test_acquirers_in_several_processes_share_one_rate(
     redis: Redis, redis_server: RedisServer
 ) -> None:
-    limit = json.dumps({"rate": RATE, "burst": BURST})
+    limit = json.dumps({"rate": RATE, "burst": BURST, "jitter": JITTER})
     processes = [
         await python(ACQUIRER, redis_server.url, CREDENTIAL, limit, "8", "1.5") for _ in range(3)
     ]
@@ -123,15 +162,17 @@ async def test_acquirers_in_several_processes_share_one_rate(
         assert process.stdin
         process.stdin.write(b"go\n")
         await process.stdin.drain()
-    limiter = Limiter(redis, CREDENTIAL, RateLimit(rate=RATE, burst=BURST))
+    limiter = Recording(redis, CREDENTIAL, RateLimit(rate=RATE, burst=BURST, jitter=JITTER))
     here = await acquire_for(limiter, 1.5, tasks=8)
     elsewhere = [await asyncio.wait_for(p.communicate(), 60) for p in processes]
     per_process = [json.loads(out) for out, _ in elsewhere]
-    stamps = here + [stamp for stamps in per_process for stamp in stamps]
-    print(f"four processes: busiest second {busiest_second(stamps)}, mean rate", end=" ")
-    print(f"{mean_rate(stamps, BURST):.1f}/s over {len(stamps)} slots")
-    assert all(per_process), "every process got slots"
-    assert busiest_second(stamps) <= RATE + BURST
+    stamps = here + [stamp for run in per_process for stamp in run["entered"]]
+    granted = limiter.granted + [slot for run in per_process for slot in run["granted"]]
+    busiest = most_in_window(granted, 1 + JITTER)
+    print(f"four processes: at most {busiest} slots granted in {1 + JITTER} s, mean", end=" ")
+    print(f"rate {mean_rate(stamps, BURST):.1f}/s over {len(stamps)} slots")
+    assert all(run["entered"] for run in per_process), "every process got slots"
+    assert busiest <= RATE + BURST
     assert mean_rate(stamps, BURST) >= 0.9 * RATE
 
 
@@ -152,22 +193,37 @@ async def test_no_more_calls_in_flight_than_the_cap(redis: Redis) -> None:
     assert await redis.zcard(LEASES) == 0
 
 
-async def test_a_released_lease_wakes_a_waiter_without_polling(redis: Redis) -> None:
-    limiter = Limiter(redis, CREDENTIAL, RateLimit(rate=0, max_in_flight=1))
-    entered = asyncio.Event()
+async def blocked_on_blpop(redis: Redis) -> bool:
+    return any(client.get("cmd") == "blpop" for client in await redis.client_list())
+
+
+async def test_a_released_lease_wakes_a_waiter_without_polling(
+    redis: Redis, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # Neither the waiter's poll nor the lease's expiry comes within the test's deadline:
+    # only the release's wake-up can let the waiter in.
+    monkeypatch.setattr(ratelimit, "_LEASE_POLL", 600.0)
+    limiter = Limiter(redis, CREDENTIAL, RateLimit(rate=0, max_in_flight=1, lease_seconds=600))
+    entered, release = asyncio.Event(), asyncio.Event()
 
     async def hold() -> None:
         async with limiter.slot(max_wait=0):
             entered.set()
-            await asyncio.sleep(0.3)
+            await release.wait()
+
+    async def wait_for_the_lease() -> int:
+        async with limiter.slot(max_wait=600):
+            # Read before its own release pushes a wake-up for the next waiter.
+            wake_ups_left: int = await redis.llen(WAKE)  # type: ignore[misc]
+            return wake_ups_left
 
     holder = asyncio.create_task(hold())
     await entered.wait()
-    async with limiter.slot(max_wait=5) as waited:
-        pass
+    waiter = asyncio.create_task(wait_for_the_lease())
+    await until(lambda: blocked_on_blpop(redis), "the waiter blocks on the wake-up list")
+    release.set()
     await holder
-    # Before the lease poll would have asked again.
-    assert 0.2 <= waited < 0.8
+    assert await asyncio.wait_for(waiter, 30) == 0, "the release's wake-up went to the waiter"
 
 
 async def test_a_cancelled_holder_gives_its_lease_back(redis: Redis) -> None:
@@ -207,12 +263,6 @@ async def test_a_killed_holders_lease_comes_back_after_the_lease_time(
     async with limiter.slot(max_wait=5) as waited:
         assert time.monotonic() - held_at >= 0.8
     assert waited <= 3
-
-
-def most_in_window(slots: list[int], seconds: float) -> int:
-    """The most slots in any closed window of `seconds`, both ends included."""
-    slots = sorted(slots)
-    return max(bisect_right(slots, s + seconds * 1e6) - i for i, s in enumerate(slots))
 
 
 @pytest.mark.parametrize(("rate", "burst"), [(50, 5), (20, 2), (50, 1)])
@@ -256,20 +306,28 @@ async def test_a_shorter_pause_does_not_shorten_a_longer_one(redis: Redis) -> No
 
 
 async def test_a_pause_during_the_wait_for_a_slot_holds_that_slot_too(redis: Redis) -> None:
-    limiter = Limiter(redis, CREDENTIAL, RateLimit(rate=2))
+    limiter = Limiter(redis, CREDENTIAL, RateLimit(rate=1))
     async with limiter.slot(max_wait=0):
         pass
+    first = await redis.get(TAT)
 
-    async def pause_soon() -> None:
-        await asyncio.sleep(0.1)
-        await limiter.pause(1.0)
+    async def enter() -> float:
+        async with limiter.slot(max_wait=10):
+            return time.time()
 
-    pausing = asyncio.create_task(pause_soon())
-    # Reserved for 0.5 s from now, before the pause came.
-    async with limiter.slot(max_wait=5) as waited:
-        pass
-    await pausing
-    assert waited >= 1.0
+    entering = asyncio.create_task(enter())
+
+    async def reserved() -> bool:
+        return bool(await redis.get(TAT) != first)
+
+    # The next slot, a second away, is reserved once the schedule moves on; the pause comes
+    # then, while its holder sleeps towards it, and ends half a second after it.
+    await until(reserved, "the next slot is reserved")
+    await limiter.pause(1.5)
+    paused_until = int(await redis.get(PAUSE) or 0) / 1e6
+    entered = await asyncio.wait_for(entering, 30)
+    # Both clocks are this host's; the tolerance only covers rounding to microseconds.
+    assert entered >= paused_until - 0.001
 
 
 async def test_a_wait_beyond_max_wait_raises_and_reserves_nothing(redis: Redis) -> None:
@@ -310,7 +368,8 @@ async def test_rate_zero_is_unlimited(redis: Redis) -> None:
             waits.append(waited)
 
     await asyncio.gather(*(call() for _ in range(200)))
-    assert len(waits) == 200
+    # Every one of them at once: no slot, no wait, not one refused under max_wait=0.
+    assert waits == [0.0] * 200
     assert await redis.keys("paylinks:ratelimit:*") == []
 
 
@@ -330,15 +389,22 @@ async def test_adaptive_mode_halves_the_rate_after_a_429_and_recovers(redis: Red
     # 0.2 s between slots; at the full rate the three would take 0.2 s.
     assert time.monotonic() - started >= 0.35
 
-    raised_at: dict[float, float] = {}
+    # When each step was taken, on Redis's clock (the script's own record of it); the step
+    # back to the full rate forgets the record.
+    stepped_at = {5.0: int(await redis.hget(ADAPTIVE, "at"))}  # type: ignore[misc]
     deadline = time.monotonic() + 10
     while await limiter.effective_rate() < 10 and time.monotonic() < deadline:
         await limiter.succeeded()
-        raised_at.setdefault(await limiter.effective_rate(), time.monotonic())
+        rate = await limiter.effective_rate()
+        at = await redis.hget(ADAPTIVE, "at")  # type: ignore[misc]
+        if at is not None:
+            stepped_at.setdefault(rate, int(at))
         await asyncio.sleep(0.02)
-    assert sorted(raised_at) == [6, 7, 8, 9, 10]
+    assert await limiter.effective_rate() == 10
+    assert sorted(stepped_at) == [5, 6, 7, 8, 9]
     # A step per recovery period, no faster.
-    assert raised_at[10] - raised_at[6] >= 4 * 0.2 - 0.05
+    times = [stepped_at[rate] for rate in sorted(stepped_at)]
+    assert all(later - earlier >= 200_000 for earlier, later in itertools.pairwise(times))
 
 
 async def test_adaptive_mode_never_lowers_the_rate_below_a_tenth(redis: Redis) -> None:
@@ -347,5 +413,20 @@ async def test_adaptive_mode_never_lowers_the_rate_below_a_tenth(redis: Redis) -
     for _ in range(5):
         await limiter.pause(0.01)
         rates.append(await limiter.effective_rate())
-        await asyncio.sleep(0.12)
+        # A 429 within the hold after a cut says nothing new: the next one must come after it.
+        hold = int(await redis.hget(ADAPTIVE, "hold"))  # type: ignore[misc]
+        await until(functools.partial(redis_passed, redis, hold), "the hold after a cut is over")
     assert rates == [5, 2.5, 1.25, 1, 1]
+
+
+async def redis_passed(redis: Redis, moment_us: int) -> bool:
+    seconds, micros = await redis.time()
+    return bool(seconds * 1_000_000 + micros > moment_us)
+
+
+async def until(condition: Callable[[], Awaitable[bool]], what: str, within: float = 30) -> None:
+    deadline = time.monotonic() + within
+    while not await condition():
+        if time.monotonic() > deadline:
+            pytest.fail(f"{what}: not within {within} s")
+        await asyncio.sleep(0.01)
