@@ -12,7 +12,7 @@ from redis.asyncio import Redis
 
 from paylinks.jobs.keys import checkout_key, idempotency_key
 from paylinks.jobs.models import CheckoutRequest
-from tests.conftest import EXAMPLES, paylinks
+from tests.helpers import EXAMPLES, paylinks
 
 BAD = EXAMPLES / "bad-checkouts.jsonl"
 

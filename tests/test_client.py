@@ -14,7 +14,7 @@ from paylinks.jobs.models import CheckoutRequest
 from paylinks.worker.auth import StaticToken, TokenEndpoint, credential_id
 from paylinks.worker.config import ConomyConfig
 from paylinks.worker.conomy import ConomyClient
-from tests.conftest import ACCESS_TOKEN, API_KEY, EXAMPLES, Sandbox
+from tests.helpers import ACCESS_TOKEN, API_KEY, EXAMPLES, Sandbox
 
 
 def body() -> bytes:

@@ -26,11 +26,14 @@ from paylinks.jobs import keys
 from paylinks.jobs.batches import Batches
 from paylinks.jobs.connection import connect
 from paylinks.worker.redis_server import RedisServer
-from tests.conftest import Sandbox, log_events, paylinks, spawn_worker
-from tests.test_end_to_end import (
+from tests.helpers import (
+    Sandbox,
     enqueue,
+    log_events,
+    paylinks,
     results,
     run_workers,
+    spawn_worker,
     unique_requests,
     write_requests,
 )

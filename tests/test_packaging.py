@@ -12,7 +12,7 @@ from pathlib import Path
 import pytest
 
 from paylinks import __version__
-from tests.conftest import ROOT
+from tests.helpers import ROOT
 
 PIP = [sys.executable, "-m", "pip", "-q"]
 HOST_APP = {

@@ -14,7 +14,7 @@ from redis.asyncio import Redis
 
 from paylinks.worker.ratelimit import Limiter, RateLimit, RateLimited
 from paylinks.worker.redis_server import RedisServer
-from tests.conftest import ROOT
+from tests.helpers import ROOT
 
 CREDENTIAL = "test-credential"
 LEASES = f"paylinks:ratelimit:{CREDENTIAL}:leases"
