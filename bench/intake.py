@@ -321,10 +321,10 @@ def profile(count: int, top: int = 25) -> None:
     import gc
     import pstats
 
+    from paylinks.devtools.redis_server import RedisServer
     from paylinks.jobs.intake import read_json_lines
     from paylinks.jobs.logs import configure
     from paylinks.jobs.producer import Producer
-    from paylinks.worker.redis_server import RedisServer
 
     async def intake(path: Path) -> int:
         async with Producer.connect() as producer:

@@ -8,9 +8,9 @@ from collections.abc import AsyncIterator, Iterator
 import pytest
 from redis.asyncio import Redis
 
+from paylinks.devtools.ports import free_port, wait_for_port
+from paylinks.devtools.redis_server import RedisServer
 from paylinks.jobs.connection import connect
-from paylinks.worker.ports import free_port, wait_for_port
-from paylinks.worker.redis_server import RedisServer
 from tests.helpers import ACCESS_TOKEN, API_KEY, Sandbox
 
 

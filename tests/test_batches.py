@@ -16,8 +16,8 @@ from typing import Any
 from aiohttp import web
 from redis.asyncio import Redis
 
+from paylinks.devtools.ports import free_port
 from paylinks.jobs.keys import COMPLETED_BATCHES, checkout_key, idempotency_key
-from paylinks.worker.ports import free_port
 from tests.helpers import (
     EXAMPLES,
     Sandbox,

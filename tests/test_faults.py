@@ -22,10 +22,10 @@ from typing import Any
 import pytest
 from redis.asyncio import Redis
 
+from paylinks.devtools.redis_server import RedisServer
 from paylinks.jobs import keys
 from paylinks.jobs.batches import Batches
 from paylinks.jobs.connection import connect
-from paylinks.worker.redis_server import RedisServer
 from tests.helpers import (
     Sandbox,
     enqueue,

@@ -14,9 +14,9 @@ from typing import Any
 import pytest
 from redis.asyncio import Redis
 
+from paylinks.devtools.redis_server import RedisServer
 from paylinks.jobs.intake import parse
 from paylinks.jobs.producer import Producer, SyncProducer
-from paylinks.worker.redis_server import RedisServer
 from tests.helpers import ROOT, Sandbox, example_requests, run_workers, start_worker, stop_worker
 
 # The fields the README documents for a batch's status; a status may carry more.

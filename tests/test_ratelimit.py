@@ -12,8 +12,8 @@ from typing import Any
 import pytest
 from redis.asyncio import Redis
 
+from paylinks.devtools.redis_server import RedisServer
 from paylinks.worker.ratelimit import Limiter, RateLimit, RateLimited
-from paylinks.worker.redis_server import RedisServer
 from tests.helpers import ROOT
 
 CREDENTIAL = "test-credential"

@@ -26,7 +26,6 @@ from paylinks.jobs.intake import Numbered, read_csv, read_json_lines
 from paylinks.jobs.logs import configure
 from paylinks.jobs.producer import EnqueueReport, Producer, Rejection, new_batch_id
 from paylinks.jobs.records import RESULT_COLUMNS
-from paylinks.worker import sandbox_options
 from paylinks.worker.config import ConomyConfig, WorkerConfig, describe
 from paylinks.worker.progress import watch
 
@@ -199,7 +198,7 @@ def worker(args: argparse.Namespace) -> int:
 
 def serve_sandbox(args: argparse.Namespace) -> int:
     # aiohttp's server: a tenth of a second no other command needs.
-    from paylinks.worker import sandbox
+    from paylinks.devtools import sandbox, sandbox_options
 
     configure()
     with suppress(KeyboardInterrupt):
@@ -208,7 +207,7 @@ def serve_sandbox(args: argparse.Namespace) -> int:
 
 
 def demo(args: argparse.Namespace) -> int:
-    from paylinks.worker.demo import run_demo
+    from paylinks.devtools.demo import run_demo
 
     return run_demo(args.file, workers=args.workers)
 
@@ -269,6 +268,9 @@ def parser() -> argparse.ArgumentParser:
     p = actions.add_parser("purge", help="forget dead letters (their records stay failed)")
     p.add_argument("--batch")
     p.set_defaults(run=in_loop(purge_dead_letters))
+
+    # The development tools stay out of the runtime: only their flags are read here.
+    from paylinks.devtools import sandbox_options
 
     p = commands.add_parser("sandbox", help="serve the local sandbox of the Conomy API")
     sandbox_options.add_arguments(p)
