@@ -58,7 +58,6 @@ def requests_in(source: IO[bytes], template: Any) -> Iterator[Numbered]:
 
 async def enqueue(args: argparse.Namespace) -> int:
     template = orjson.loads(Path(args.template).read_bytes()) if args.template else None
-    configure()
     # Everything loaded so far lives as long as the process: keep the collector off it, so
     # that it does not walk those objects over and over while a large file streams by.
     gc.freeze()
@@ -200,7 +199,6 @@ def serve_sandbox(args: argparse.Namespace) -> int:
     # aiohttp's server: a tenth of a second no other command needs.
     from paylinks.devtools import sandbox, sandbox_options
 
-    configure()
     with suppress(KeyboardInterrupt):
         asyncio.run(sandbox.serve(args.host, args.port, sandbox_options.options_from(args)))
     return 0
@@ -285,6 +283,8 @@ def parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> None:
     args = parser().parse_args(argv)
+    # The application configures logging, for every command: the library never does.
+    configure()
     # uvloop's event loop costs a tenth less CPU per checkout session (make bench).
     asyncio.set_event_loop_policy(uvloop.EventLoopPolicy())
     sys.exit(args.run(args))
