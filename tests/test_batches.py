@@ -17,7 +17,7 @@ from aiohttp import web
 from redis.asyncio import Redis
 
 from paylinks.devtools.ports import free_port
-from paylinks.jobs.keys import COMPLETED_BATCHES, checkout_key, idempotency_key
+from paylinks.jobs.layout import COMPLETED_BATCHES, checkout_key, idempotency_key
 from tests.helpers import (
     EXAMPLES,
     Sandbox,

@@ -10,7 +10,7 @@ from pathlib import Path
 import orjson
 from redis.asyncio import Redis
 
-from paylinks.jobs.keys import checkout_key, idempotency_key
+from paylinks.jobs.layout import checkout_key, idempotency_key
 from paylinks.jobs.models import CheckoutRequest
 from tests.helpers import EXAMPLES, paylinks
 

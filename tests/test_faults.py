@@ -23,7 +23,7 @@ import pytest
 from redis.asyncio import Redis
 
 from paylinks.devtools.redis_server import RedisServer
-from paylinks.jobs import keys
+from paylinks.jobs import layout
 from paylinks.jobs.batches import Batches
 from paylinks.jobs.connection import connect
 from tests.helpers import (
@@ -109,7 +109,7 @@ async def assert_no_dead_letters(redis: Redis, env: dict[str, str]) -> None:
     listed = paylinks("dead-letters", "list", "--json", env=env)
     assert listed.returncode == 0, listed.stderr.decode()
     assert listed.stdout == b""
-    assert await redis.zcard(keys.DEAD_LETTERS) == 0
+    assert await redis.zcard(layout.DEAD_LETTERS) == 0
 
 
 def assert_all_created(status: Status | None, batch: str, total: int) -> None:

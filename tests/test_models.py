@@ -13,7 +13,7 @@ import pytest
 from pydantic import ValidationError
 
 from paylinks.jobs.intake import Accepted, accept, checked, describe, read_csv, read_json_lines
-from paylinks.jobs.keys import IDEMPOTENCY_NAMESPACE, idempotency_key
+from paylinks.jobs.layout import IDEMPOTENCY_NAMESPACE, idempotency_key
 from paylinks.jobs.models import CheckoutRequest, personal_data
 
 EXAMPLES = Path(__file__).resolve().parents[1] / "examples"

@@ -14,10 +14,11 @@ from pydantic import ValidationError
 from redis.asyncio import Redis
 from redis.exceptions import RedisError
 
-from paylinks.jobs import keys
+from paylinks.jobs import layout
+from paylinks.jobs.layout import BatchField, RecordField, State
 from paylinks.jobs.logs import get_logger
 from paylinks.jobs.models import CheckoutSession, personal_data
-from paylinks.jobs.records import Record, State, read_record
+from paylinks.jobs.records import Record, read_record
 from paylinks.worker.auth import AuthError
 from paylinks.worker.config import WorkerConfig
 from paylinks.worker.conomy import ApiAnswer, ConomyClient
@@ -155,7 +156,9 @@ async def _call(deps: Deps, record: Record) -> ApiAnswer | AuthError | str:
 async def _waited(deps: Deps, record: Record, log: Any, waited: float) -> None:
     waited_ms = int(waited * 1000)
     log.info("ratelimit.waited", waited_ms=waited_ms)
-    await deps.redis.hincrby(keys.batch_key(record.batch), "ratelimit_wait_ms", waited_ms)  # type: ignore[misc]
+    await deps.redis.hincrby(
+        layout.batch_key(record.batch), BatchField.RATELIMIT_WAIT_MS, waited_ms
+    )  # type: ignore[misc]
 
 
 async def _created(deps: Deps, record: Record, log: Any, answer: ApiAnswer, attempt: int) -> str:
@@ -169,12 +172,14 @@ async def _created(deps: Deps, record: Record, log: Any, answer: ApiAnswer, atte
     await deps.outcomes.move(
         record,
         State.CREATED,
-        session_id=session.id,
-        url=session.url,
-        expires_at=session.expires_at,
-        session_status=session.status,
-        http_status=answer.status,
-        error=None,
+        {
+            RecordField.SESSION_ID: session.id,
+            RecordField.URL: session.url,
+            RecordField.EXPIRES_AT: session.expires_at,
+            RecordField.SESSION_STATUS: session.status,
+            RecordField.HTTP_STATUS: answer.status,
+            RecordField.ERROR: None,
+        },
     )
     if not session.url:
         log.warning("checkout.incomplete", session_id=session.id, missing="url")
@@ -199,7 +204,9 @@ async def _retry_or_fail(
     status = answer.status if answer else None
     retry_after = retry_after_seconds(answer.retry_after) if answer else None
     delay = backoff(attempt, deps.config.retry_base, deps.config.retry_cap, retry_after)
-    await deps.outcomes.move(record, State.RETRYING, error=reason, http_status=status)
+    await deps.outcomes.move(
+        record, State.RETRYING, {RecordField.ERROR: reason, RecordField.HTTP_STATUS: status}
+    )
     log.warning(
         "checkout.retrying",
         reason=reason,
@@ -218,7 +225,13 @@ async def _fail(
     status = answer.status if answer else None
     response = answer.body[:RESPONSE_KEPT].decode(errors="replace") if answer else None
     await deps.outcomes.move(
-        record, State.FAILED, error=reason, http_status=status, response=response
+        record,
+        State.FAILED,
+        {
+            RecordField.ERROR: reason,
+            RecordField.HTTP_STATUS: status,
+            RecordField.RESPONSE: response,
+        },
     )
     log.error(
         "checkout.failed",
