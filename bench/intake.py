@@ -91,7 +91,7 @@ async def emptied(services: Services) -> None:
 async def redis_memory(services: Services) -> dict[str, Any]:
     """used_memory, the key space's own overhead, and (once a batch is in) what each kind of
     key paylinks writes takes, from MEMORY USAGE over every field (SAMPLES 0)."""
-    from paylinks.jobs import keys
+    from paylinks.jobs import layout
     from paylinks.jobs.connection import connect
 
     redis = connect(services.redis_url)
@@ -105,15 +105,17 @@ async def redis_memory(services: Services) -> dict[str, Any]:
             "keyspace": int(db.get("overhead.hashtable.main", 0))
             + int(db.get("overhead.hashtable.expires", 0)),
         }
-        sample = await redis.zrange(keys.QUEUE, 0, 199)
+        sample = await redis.zrange(layout.QUEUE, 0, 199)
         if sample:
-            records = [await redis.memory_usage(keys.checkout_key(k), samples=0) for k in sample]
-            jobs = [await redis.memory_usage(keys.arq_job_key(k), samples=0) for k in sample]
-            members = [k async for k in redis.scan_iter(match=keys.batch_members_key("*"))]
+            records = [await redis.memory_usage(layout.checkout_key(k), samples=0) for k in sample]
+            jobs = [await redis.memory_usage(layout.arq_job_key(k), samples=0) for k in sample]
+            members = [k async for k in redis.scan_iter(match=layout.batch_members_key("*"))]
             found["record"] = sum(records) / len(records)
-            found["record_encoding"] = await redis.object("encoding", keys.checkout_key(sample[0]))
+            found["record_encoding"] = await redis.object(
+                "encoding", layout.checkout_key(sample[0])
+            )
             found["arq_job"] = sum(jobs) / len(jobs)
-            found["queue"] = await redis.memory_usage(keys.QUEUE, samples=0)
+            found["queue"] = await redis.memory_usage(layout.QUEUE, samples=0)
             found["members"] = sum([await redis.memory_usage(m, samples=0) for m in members])
         return found
     finally:
@@ -291,7 +293,7 @@ async def arq_loop(path: Path) -> dict[str, Any]:
 def steps(path: Path) -> dict[str, float]:
     """Microseconds per request of each step the producer takes per line, timed alone in a
     loop: reading the JSON, validating, the script's arguments, the log event."""
-    from paylinks.jobs import keys
+    from paylinks.jobs import layout
     from paylinks.jobs.intake import canonical, parse
     from paylinks.jobs.logs import get_logger
 
@@ -304,7 +306,7 @@ def steps(path: Path) -> dict[str, float]:
         t1 = time.perf_counter()
         request = parse(body)
         t2 = time.perf_counter()
-        key = keys.idempotency_key(request.checkout_token)
+        key = layout.idempotency_key(request.checkout_token)
         canonical(body)
         t3 = time.perf_counter()
         log.info("checkout.enqueued", checkout_token=request.checkout_token, idempotency_key=key)
@@ -321,10 +323,10 @@ def profile(count: int, top: int = 25) -> None:
     import gc
     import pstats
 
+    from paylinks.devtools.redis_server import RedisServer
     from paylinks.jobs.intake import read_json_lines
     from paylinks.jobs.logs import configure
     from paylinks.jobs.producer import Producer
-    from paylinks.worker.redis_server import RedisServer
 
     async def intake(path: Path) -> int:
         async with Producer.connect() as producer:

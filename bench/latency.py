@@ -35,9 +35,9 @@ from bench.throughput import (
     producer,
     quiet_logs,
 )
-from paylinks.jobs import keys
+from paylinks.jobs import layout
 from paylinks.jobs.connection import connect
-from paylinks.jobs.keys import idempotency_key
+from paylinks.jobs.layout import RecordField, State, idempotency_key
 
 RATE = 20  # requests a second
 WARM_UP = 5
@@ -63,7 +63,7 @@ async def wait_for_worker(services: Services) -> None:
     redis = connect(services.redis_url)
     deadline = time.monotonic() + WAIT_S
     try:
-        while not await redis.exists(f"{keys.QUEUE}:health-check"):
+        while not await redis.exists(f"{layout.QUEUE}:health-check"):
             if time.monotonic() > deadline:
                 raise RuntimeError("the worker did not start polling")
             await asyncio.sleep(0.05)
@@ -84,18 +84,18 @@ async def trickle(services: Services, bodies: list[dict[str, Any]], rate: float)
 async def wait_created(services: Services, tokens: list[str]) -> list[dict[str, str]]:
     """Each request's record fields, once every one of them is `created`."""
     redis = connect(services.redis_url)
-    fields = ["state", "enqueued_at", "updated_at"]
+    fields = [RecordField.STATE, RecordField.ENQUEUED_AT, RecordField.UPDATED_AT]
     deadline = time.monotonic() + WAIT_S
     try:
         while True:
             async with redis.pipeline(transaction=False) as pipe:
                 for token in tokens:
-                    pipe.hmget(keys.checkout_key(idempotency_key(token)), fields)
+                    pipe.hmget(layout.checkout_key(idempotency_key(token)), fields)
                 rows = [dict(zip(fields, row, strict=True)) for row in await pipe.execute()]
-            if all(row["state"] == "created" for row in rows):
+            if all(row[RecordField.STATE] == State.CREATED for row in rows):
                 return rows
             if time.monotonic() > deadline:
-                states = [row["state"] for row in rows]
+                states = [row[RecordField.STATE] for row in rows]
                 raise RuntimeError(f"not all created after {WAIT_S}s: {states}")
             await asyncio.sleep(0.1)
     finally:
@@ -134,7 +134,7 @@ async def measure(services: Services, count: int) -> dict[str, Any]:
             await asyncio.to_thread(worker.wait, WAIT_S)
     total, to_api, after = [], [], []
     for token, row in zip(tokens, rows, strict=True):
-        enqueued, created = int(row["enqueued_at"]), int(row["updated_at"])
+        enqueued, created = int(row[RecordField.ENQUEUED_AT]), int(row[RecordField.UPDATED_AT])
         total.append(created - enqueued - LATENCY_MS)
         call = called.get(idempotency_key(token))
         if call is not None:

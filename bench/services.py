@@ -12,8 +12,8 @@ from typing import Any
 
 import aiohttp
 
-from paylinks.worker.ports import free_port, wait_for_port
-from paylinks.worker.redis_server import RedisServer
+from paylinks.devtools.ports import free_port, wait_for_port
+from paylinks.devtools.redis_server import RedisServer
 
 
 @dataclass

@@ -48,7 +48,7 @@ import structlog
 
 from bench.contenders import plain_arq, wire_bodies, write_bodies
 from bench.services import Services
-from paylinks.jobs import keys
+from paylinks.jobs import layout
 from paylinks.jobs.config import ProducerConfig
 from paylinks.jobs.connection import connect
 from paylinks.jobs.logs import configure
@@ -304,7 +304,7 @@ class Bench:
         if batch:
             redis = connect(self.services.redis_url)
             try:
-                status = await redis.hgetall(keys.batch_key(batch))  # type: ignore[misc]
+                status = await redis.hgetall(layout.batch_key(batch))  # type: ignore[misc]
             finally:
                 await redis.aclose()
             if int(status.get("created", 0)) != requests or "completed_at" not in status:

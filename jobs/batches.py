@@ -8,9 +8,9 @@ from typing import Any
 from redis.asyncio import Redis
 from redis.asyncio.client import Pipeline
 
-from paylinks.jobs import keys, queue
+from paylinks.jobs import layout, queue
+from paylinks.jobs.layout import BatchField, State
 from paylinks.jobs.logs import get_logger
-from paylinks.jobs.records import State
 from paylinks.jobs.scripts import lua
 
 COMPLETED_STREAM_LENGTH = 10_000
@@ -34,12 +34,12 @@ class Batches:
         now, ttl_ms = now_ms(), ttl_s * 1000
         async with self.redis.pipeline(transaction=False) as pipe:
             self._unseal(pipe, batch)
-            pipe.hsetnx(keys.batch_key(batch), "created_at", str(now))
+            pipe.hsetnx(layout.batch_key(batch), BatchField.CREATED_AT, str(now))
             if webhook_url:
-                pipe.hset(keys.batch_key(batch), "webhook_url", webhook_url)
-            pipe.pexpire(keys.batch_key(batch), ttl_ms)
-            pipe.zadd(keys.BATCHES, {batch: now}, nx=True)
-            pipe.zremrangebyscore(keys.BATCHES, 0, now - ttl_ms)
+                pipe.hset(layout.batch_key(batch), BatchField.WEBHOOK_URL, webhook_url)
+            pipe.pexpire(layout.batch_key(batch), ttl_ms)
+            pipe.zadd(layout.BATCHES, {batch: now}, nx=True)
+            pipe.zremrangebyscore(layout.BATCHES, 0, now - ttl_ms)
             await pipe.execute()
 
     async def unseal(self, batch: str) -> None:
@@ -50,12 +50,12 @@ class Batches:
 
     @staticmethod
     def _unseal(pipe: Pipeline, batch: str) -> None:
-        pipe.hset(keys.batch_key(batch), "sealed", "0")
-        pipe.hdel(keys.batch_key(batch), "completed_at")
+        pipe.hset(layout.batch_key(batch), BatchField.SEALED, "0")
+        pipe.hdel(layout.batch_key(batch), BatchField.COMPLETED_AT)
 
     async def seal(self, batch: str) -> bool:
         """Every request of the batch is enqueued: from now on it can complete."""
-        await self.redis.hset(keys.batch_key(batch), "sealed", "1")  # type: ignore[misc]
+        await self.redis.hset(layout.batch_key(batch), BatchField.SEALED, "1")  # type: ignore[misc]
         return await self.complete(batch)
 
     async def complete(self, batch: str) -> bool:
@@ -65,10 +65,10 @@ class Batches:
         webhook_job = f"{queue.WEBHOOK_FUNCTION}:{batch}:{now}"
         completed = await self._complete(
             keys=[
-                keys.batch_key(batch),
-                keys.COMPLETED_BATCHES,
-                keys.arq_job_key(webhook_job),
-                keys.QUEUE,
+                layout.batch_key(batch),
+                layout.COMPLETED_BATCHES,
+                layout.arq_job_key(webhook_job),
+                layout.QUEUE,
             ],
             args=[
                 batch,
@@ -91,26 +91,26 @@ class Batches:
 
     async def status(self, batch: str) -> dict[str, Any] | None:
         """Counts of a batch's requests by state; None when the batch is unknown or expired."""
-        counters: dict[str, str] = await self.redis.hgetall(keys.batch_key(batch))  # type: ignore[misc]
+        counters: dict[str, str] = await self.redis.hgetall(layout.batch_key(batch))  # type: ignore[misc]
         if not counters:
             return None
         return {
             "batch": batch,
-            "total": int(counters.get("total", 0)),
-            **{state.value: int(counters.get(state.value, 0)) for state in State},
-            "done": "completed_at" in counters,
+            "total": int(counters.get(BatchField.TOTAL, 0)),
+            **{state.value: int(counters.get(state, 0)) for state in State},
+            "done": BatchField.COMPLETED_AT in counters,
             # Time the batch's calls spent waiting for the fleet's rate limit, added up.
-            "ratelimit_wait_s": round(int(counters.get("ratelimit_wait_ms", 0)) / 1000, 3),
+            "ratelimit_wait_s": round(int(counters.get(BatchField.RATELIMIT_WAIT_MS, 0)) / 1000, 3),
         }
 
     async def recent(self, limit: int = 20) -> list[dict[str, Any]]:
         """The newest batches first, with their counts; expired ones are dropped from the list."""
-        names: list[str] = await self.redis.zrange(keys.BATCHES, 0, limit - 1, desc=True)
+        names: list[str] = await self.redis.zrange(layout.BATCHES, 0, limit - 1, desc=True)
         found = []
         for name in names:
             status = await self.status(name)
             if status is None:
-                await self.redis.zrem(keys.BATCHES, name)
+                await self.redis.zrem(layout.BATCHES, name)
             else:
                 found.append(status)
         return found

@@ -9,7 +9,7 @@ from typing import Any
 
 from redis.asyncio import Redis
 
-from paylinks.jobs import keys, queue
+from paylinks.jobs import layout, queue
 from paylinks.jobs.batches import Batches, now_ms
 from paylinks.jobs.config import ProducerConfig
 from paylinks.jobs.records import Record, read_record
@@ -40,16 +40,16 @@ async def dead_letters(
 ) -> AsyncIterator[DeadLetter]:
     """Dead letters, oldest first, of one batch or one checkoutToken if given."""
     if token:
-        key = keys.idempotency_key(token)
-        score = await redis.zscore(keys.DEAD_LETTERS, key)
+        key = layout.idempotency_key(token)
+        score = await redis.zscore(layout.DEAD_LETTERS, key)
         entries = [] if score is None else [(key, score)]
     else:
-        entries = await redis.zrange(keys.DEAD_LETTERS, 0, -1, withscores=True)
+        entries = await redis.zrange(layout.DEAD_LETTERS, 0, -1, withscores=True)
     for key, failed_at in entries:
         record = await read_record(redis, key)
         if record is None:
             # Its record outlived the retention window: nothing left to retry.
-            await redis.zrem(keys.DEAD_LETTERS, key)
+            await redis.zrem(layout.DEAD_LETTERS, key)
             continue
         if batch is None or record.batch == batch:
             yield DeadLetter(record, int(failed_at))
@@ -89,13 +89,13 @@ class DeadLetters:
         now = now_ms()
         outcome: int = await self._requeue(
             keys=[
-                keys.checkout_key(record.key),
-                keys.batch_key(record.batch),
-                keys.batch_members_key(record.batch),
-                keys.DEAD_LETTERS,
-                keys.arq_job_key(record.key),
-                keys.QUEUE,
-                keys.arq_in_progress_key(record.key),
+                layout.checkout_key(record.key),
+                layout.batch_key(record.batch),
+                layout.batch_members_key(record.batch),
+                layout.DEAD_LETTERS,
+                layout.arq_job_key(record.key),
+                layout.QUEUE,
+                layout.arq_in_progress_key(record.key),
             ],
             args=[record.key, queue.job_payload(record.key, now), now, self.ttl_ms],
         )
@@ -105,7 +105,7 @@ class DeadLetters:
         """Forget dead letters; their records stay, failed, until they expire."""
         purged = [letter.record.key async for letter in dead_letters(self.redis, batch=batch)]
         if purged:
-            await self.redis.zrem(keys.DEAD_LETTERS, *purged)
+            await self.redis.zrem(layout.DEAD_LETTERS, *purged)
         return len(purged)
 
     @property

@@ -99,21 +99,27 @@ class Timestamp:
 _redactor = Redactor()
 
 
-def configure(level: str = "INFO", secrets: Iterable[str] = (), *, stdlib: bool = True) -> None:
-    """JSON lines on stderr, so that stdout stays free for the CLI's own output.
-
-    With `stdlib`, for our own processes: libraries' stdlib logging (arq's) goes through the
-    same redaction and renderer, and arq's per-job lines, which repeat our own events, are
-    kept to warnings. A program that only imports `jobs` keeps its own logging setup.
-    """
-    for secret in secrets:
-        _redactor.add(secret)
-    shared: list[Processor] = [
+def _processors() -> list[Processor]:
+    """What every event goes through before it is rendered: level, time, redaction."""
+    return [
         structlog.processors.add_log_level,
         Timestamp(),
         structlog.processors.format_exc_info,
         _redactor,
     ]
+
+
+def configure(level: str = "INFO", secrets: Iterable[str] = ()) -> None:
+    """JSON lines on stderr, so that stdout stays free for the CLI's own output.
+
+    For paylinks' own processes (the CLI, the worker), never called by the library: a program
+    that uses the producer keeps its own logging setup. Libraries' stdlib logging (arq's) goes
+    through the same redaction and renderer, and arq's per-job lines, which repeat our own
+    events, are kept to warnings.
+    """
+    for secret in secrets:
+        _redactor.add(secret)
+    shared = _processors()
     handler = logging.StreamHandler(sys.stderr)
     handler.setFormatter(
         structlog.stdlib.ProcessorFormatter(
@@ -124,8 +130,7 @@ def configure(level: str = "INFO", secrets: Iterable[str] = (), *, stdlib: bool 
             ],
         )
     )
-    if stdlib:
-        logging.basicConfig(handlers=[handler], level=logging.WARNING, force=True)
+    logging.basicConfig(handlers=[handler], level=logging.WARNING, force=True)
     structlog.configure(
         processors=[
             *shared,
@@ -143,9 +148,16 @@ def redact(secret: str) -> None:
 
 
 def get_logger(**context: Any) -> Any:
+    """paylinks' logger, as the application configured structlog; a library never configures
+    it for its host (structlog's own advice): the CLI and the worker call `configure`."""
     if not structlog.is_configured():
-        # Used as a library: never structlog's default, which prints to the program's stdout.
-        configure(stdlib=False)
+        # structlog's defaults would print to the program's stdout: a logger of our own, that
+        # changes nothing global, writes JSON lines to stderr instead.
+        return structlog.wrap_logger(
+            structlog.PrintLogger(sys.stderr),
+            processors=[*_processors(), structlog.processors.JSONRenderer()],
+            wrapper_class=structlog.make_filtering_bound_logger(logging.INFO),
+        ).bind(**context)
     # Bound now, not a lazy proxy: a proxy binds its logger again on every call (a tenth of
     # a log event's cost, and intake logs one per request).
     return structlog.get_logger("paylinks").bind(**context)

@@ -13,14 +13,15 @@ from typing import Any, TypeVar
 import orjson
 from redis.asyncio import Redis
 
-from paylinks.jobs import keys, queue
+from paylinks.jobs import layout, queue
 from paylinks.jobs.batches import Batches, now_ms
 from paylinks.jobs.config import ProducerConfig
 from paylinks.jobs.connection import connect
 from paylinks.jobs.intake import Accepted, Numbered, checked
+from paylinks.jobs.layout import RecordField, State
 from paylinks.jobs.logs import get_logger
 from paylinks.jobs.models import CheckoutRequest
-from paylinks.jobs.records import State, iter_records
+from paylinks.jobs.records import iter_records
 from paylinks.jobs.scripts import lua
 
 PIPELINE_SIZE = 500
@@ -178,7 +179,7 @@ class Producer:
                 page = pending[start : start + PIPELINE_SIZE]
                 async with self.redis.pipeline(transaction=False) as pipe:
                     for key in page:
-                        pipe.hget(keys.checkout_key(key), "state")
+                        pipe.hget(layout.checkout_key(key), RecordField.STATE)
                     states: list[str | None] = await pipe.execute()
                 for key, state in zip(page, states, strict=True):
                     if state is None:
@@ -202,20 +203,24 @@ class Producer:
         ttl_ms = self.config.result_ttl * 1000
         # arq's own serializer makes the job once per chunk; each job only differs by its key.
         before, after = queue.job_payload(_KEY_SLOT, now).split(_KEY_SLOT.encode())
-        idempotency_keys = [keys.idempotency_key(r.checkout_token) for _, r in chunk]
+        idempotency_keys = [layout.idempotency_key(r.checkout_token) for _, r in chunk]
         args: list[str | bytes | int] = [
             report.batch,
             now,
             ttl_ms,
-            keys.checkout_key(""),
-            keys.arq_job_key(""),
+            layout.checkout_key(""),
+            layout.arq_job_key(""),
             before,
             after,
         ]
         for key, (_, request) in zip(idempotency_keys, chunk, strict=True):
             args += [key, request.checkout_token, request.body]
         not_enqueued = await self._enqueue(
-            keys=[keys.batch_key(report.batch), keys.batch_members_key(report.batch), keys.QUEUE],
+            keys=[
+                layout.batch_key(report.batch),
+                layout.batch_members_key(report.batch),
+                layout.QUEUE,
+            ],
             args=args,
         )
         known = {position - 1: rest for position, *rest in not_enqueued}

@@ -4,24 +4,12 @@ from __future__ import annotations
 
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
-from enum import StrEnum
 from typing import Any
 
 from redis.asyncio import Redis
 
-from paylinks.jobs import keys
-
-
-class State(StrEnum):
-    QUEUED = "queued"
-    IN_PROGRESS = "in_progress"
-    RETRYING = "retrying"
-    CREATED = "created"
-    FAILED = "failed"
-
-    @property
-    def final(self) -> bool:
-        return self in (State.CREATED, State.FAILED)
+from paylinks.jobs import layout
+from paylinks.jobs.layout import RecordField, State
 
 
 @dataclass(frozen=True)
@@ -43,20 +31,20 @@ class Record:
 
     @classmethod
     def from_hash(cls, key: str, fields: dict[str, str]) -> Record:
-        status = fields.get("http_status")
+        status = fields.get(RecordField.HTTP_STATUS)
         return cls(
             key=key,
-            checkout_token=fields["checkout_token"],
-            batch=fields["batch"],
-            state=State(fields["state"]),
-            request=fields["request"],
-            attempts=int(fields.get("attempts", 0)),
-            session_id=fields.get("session_id") or None,
-            url=fields.get("url") or None,
-            expires_at=fields.get("expires_at") or None,
+            checkout_token=fields[RecordField.CHECKOUT_TOKEN],
+            batch=fields[RecordField.BATCH],
+            state=State(fields[RecordField.STATE]),
+            request=fields[RecordField.REQUEST],
+            attempts=int(fields.get(RecordField.ATTEMPTS, 0)),
+            session_id=fields.get(RecordField.SESSION_ID) or None,
+            url=fields.get(RecordField.URL) or None,
+            expires_at=fields.get(RecordField.EXPIRES_AT) or None,
             http_status=int(status) if status else None,
-            error=fields.get("error") or None,
-            response=fields.get("response") or None,
+            error=fields.get(RecordField.ERROR) or None,
+            response=fields.get(RecordField.RESPONSE) or None,
         )
 
     def result(self) -> dict[str, Any]:
@@ -76,13 +64,13 @@ RESULT_COLUMNS = ["checkoutToken", "state", "sessionId", "url", "expiresAt", "at
 
 
 async def read_record(redis: Redis, key: str) -> Record | None:
-    fields: dict[str, str] = await redis.hgetall(keys.checkout_key(key))  # type: ignore[misc]
+    fields: dict[str, str] = await redis.hgetall(layout.checkout_key(key))  # type: ignore[misc]
     return Record.from_hash(key, fields) if fields else None
 
 
 async def iter_records(redis: Redis, batch: str, page: int = 500) -> AsyncIterator[Record]:
     """A batch's records in enqueue order, read a page at a time so memory stays flat."""
-    members = keys.batch_members_key(batch)
+    members = layout.batch_members_key(batch)
     start = 0
     while True:
         page_keys: list[str] = await redis.lrange(members, start, start + page - 1)  # type: ignore[misc]
@@ -90,7 +78,7 @@ async def iter_records(redis: Redis, batch: str, page: int = 500) -> AsyncIterat
             return
         async with redis.pipeline(transaction=False) as pipe:
             for key in page_keys:
-                pipe.hgetall(keys.checkout_key(key))
+                pipe.hgetall(layout.checkout_key(key))
             hashes: list[dict[str, str]] = await pipe.execute()
         for key, fields in zip(page_keys, hashes, strict=True):
             if fields:

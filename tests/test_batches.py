@@ -16,10 +16,20 @@ from typing import Any
 from aiohttp import web
 from redis.asyncio import Redis
 
-from paylinks.jobs.keys import COMPLETED_BATCHES, QUEUE, checkout_key, idempotency_key
-from paylinks.worker.ports import free_port
-from tests.conftest import EXAMPLES, Sandbox, paylinks, start_worker, stop_worker
-from tests.test_end_to_end import events, example_requests, results, run_workers, write_requests
+from paylinks.devtools.ports import free_port
+from paylinks.jobs.layout import COMPLETED_BATCHES, QUEUE, checkout_key, idempotency_key
+from tests.helpers import (
+    EXAMPLES,
+    Sandbox,
+    events,
+    example_requests,
+    paylinks,
+    results,
+    run_workers,
+    start_worker,
+    stop_worker,
+    write_requests,
+)
 
 INVOICES = EXAMPLES / "invoices.csv"
 TEMPLATE = EXAMPLES / "invoices-template.json"

@@ -10,9 +10,9 @@ from pathlib import Path
 import orjson
 from redis.asyncio import Redis
 
-from paylinks.jobs.keys import checkout_key, idempotency_key
+from paylinks.jobs.layout import checkout_key, idempotency_key
 from paylinks.jobs.models import CheckoutRequest
-from tests.conftest import EXAMPLES, paylinks
+from tests.helpers import EXAMPLES, paylinks
 
 BAD = EXAMPLES / "bad-checkouts.jsonl"
 

@@ -9,12 +9,12 @@ from pydantic import AnyHttpUrl, SecretStr
 from redis.asyncio import Redis
 
 from paylinks import __version__
-from paylinks.jobs import keys
+from paylinks.jobs import layout
 from paylinks.jobs.models import CheckoutRequest
 from paylinks.worker.auth import StaticToken, TokenEndpoint, credential_id
 from paylinks.worker.config import ConomyConfig
 from paylinks.worker.conomy import ConomyClient
-from tests.conftest import ACCESS_TOKEN, API_KEY, EXAMPLES, Sandbox
+from tests.helpers import ACCESS_TOKEN, API_KEY, EXAMPLES, Sandbox
 
 
 def body() -> bytes:
@@ -28,7 +28,7 @@ def conomy(sandbox: Sandbox, **fields: object) -> ConomyConfig:
 
 async def test_the_client_sends_exactly_the_references_headers(sandbox: Sandbox) -> None:
     config = conomy(sandbox, access_token=SecretStr(ACCESS_TOKEN))
-    key = keys.idempotency_key("INV-1")
+    key = layout.idempotency_key("INV-1")
     async with aiohttp.ClientSession() as http:
         client = ConomyClient(config, http, StaticToken(ACCESS_TOKEN))
         answer = await client.create_checkout_session(body(), key)
@@ -62,21 +62,21 @@ async def test_the_fleet_shares_one_token_from_the_endpoint(
         for _ in range(2):
             tokens = TokenEndpoint(endpoint_config, redis, http)
             client = ConomyClient(endpoint_config, http, tokens)
-            answer = await client.create_checkout_session(body(), keys.idempotency_key("A"))
+            answer = await client.create_checkout_session(body(), layout.idempotency_key("A"))
             assert answer.status == 201
     assert (await sandbox.stats())["tokens_issued"] == 1
-    cached = keys.access_token_key(credential_id(endpoint_config))
+    cached = layout.access_token_key(credential_id(endpoint_config))
     assert 0 < await redis.pttl(cached) <= 3600 * 1000
 
 
 async def test_a_rejected_token_is_renewed_once_and_the_call_sent_again(
     redis: Redis, sandbox: Sandbox, endpoint_config: ConomyConfig
 ) -> None:
-    cached = keys.access_token_key(credential_id(endpoint_config))
+    cached = layout.access_token_key(credential_id(endpoint_config))
     await redis.set(cached, "revoked-token", px=60_000)
     async with aiohttp.ClientSession() as http:
         client = ConomyClient(endpoint_config, http, TokenEndpoint(endpoint_config, redis, http))
-        answer = await client.create_checkout_session(body(), keys.idempotency_key("B"))
+        answer = await client.create_checkout_session(body(), layout.idempotency_key("B"))
     assert answer.status == 201
     assert (await sandbox.stats())["tokens_issued"] == 1
     assert await redis.get(cached) != "revoked-token"
@@ -88,6 +88,6 @@ async def test_a_static_token_that_is_rejected_is_not_retried(sandbox: Sandbox) 
     config = conomy(sandbox, access_token=SecretStr("wrong-token"))
     async with aiohttp.ClientSession() as http:
         client = ConomyClient(config, http, StaticToken("wrong-token"))
-        answer = await client.create_checkout_session(body(), keys.idempotency_key("C"))
+        answer = await client.create_checkout_session(body(), layout.idempotency_key("C"))
     assert answer.status == 401
     assert (await sandbox.stats())["calls"] == 1

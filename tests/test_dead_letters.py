@@ -8,8 +8,16 @@ from typing import Any
 
 from redis.asyncio import Redis
 
-from tests.conftest import EXAMPLES, Sandbox, paylinks
-from tests.test_end_to_end import enqueue, example_requests, results, run_workers, write_requests
+from tests.helpers import (
+    EXAMPLES,
+    Sandbox,
+    enqueue,
+    example_requests,
+    paylinks,
+    results,
+    run_workers,
+    write_requests,
+)
 
 
 def dead_letters(env: dict[str, str], *args: str) -> list[dict[str, Any]]:

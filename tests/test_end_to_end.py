@@ -4,67 +4,23 @@ from __future__ import annotations
 
 import json
 import re
-from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
-from typing import Any
 
 from redis.asyncio import Redis
 
-from tests.conftest import ACCESS_TOKEN, API_KEY, EXAMPLES, Sandbox, paylinks, start_worker
-
-CHECKOUTS = EXAMPLES / "checkouts.jsonl"
-
-
-def enqueue(path: Path, env: dict[str, str]) -> dict[str, Any]:
-    done = paylinks("enqueue", str(path), "--json", env=env)
-    assert done.returncode == 0, done.stderr.decode()
-    report: dict[str, Any] = json.loads(done.stdout)
-    return report
-
-
-def run_workers(env: dict[str, str], count: int = 2, *args: str) -> list[str]:
-    """Burst workers until the queue is empty; returns each one's log (stderr)."""
-    workers = [start_worker(env, "--burst", *args) for _ in range(count)]
-    # Read every worker's pipe at once: a worker whose pipe is full stops logging, and so
-    # stops working, until someone reads it.
-    with ThreadPoolExecutor(count) as pool:
-        outputs = list(pool.map(lambda worker: worker.communicate(timeout=180), workers))
-    logs = []
-    for worker, (_, stderr) in zip(workers, outputs, strict=True):
-        assert worker.returncode == 0, stderr.decode()[-2000:]
-        logs.append(stderr.decode())
-    return logs
-
-
-def events(log: str) -> list[dict[str, Any]]:
-    return [json.loads(line) for line in log.splitlines() if line.strip()]
-
-
-def results(batch: str, env: dict[str, str]) -> list[dict[str, Any]]:
-    done = paylinks("results", batch, env=env)
-    assert done.returncode == 0, done.stderr.decode()
-    return [json.loads(line) for line in done.stdout.splitlines()]
-
-
-def write_requests(path: Path, requests: list[dict[str, Any]]) -> Path:
-    path.write_text("".join(json.dumps(r) + "\n" for r in requests))
-    return path
-
-
-def example_requests(count: int) -> list[dict[str, Any]]:
-    lines = CHECKOUTS.read_text().splitlines()[:count]
-    return [json.loads(line) for line in lines]
-
-
-def unique_requests(count: int, prefix: str) -> list[dict[str, Any]]:
-    """`count` valid requests: the examples, over and over, each with a token of its own."""
-    lines = CHECKOUTS.read_text().splitlines()
-    requests = []
-    for i in range(count):
-        request = json.loads(lines[i % len(lines)])
-        request["checkoutToken"] = f"{prefix}-{i:05d}"
-        requests.append(request)
-    return requests
+from tests.helpers import (
+    ACCESS_TOKEN,
+    API_KEY,
+    CHECKOUTS,
+    Sandbox,
+    enqueue,
+    events,
+    example_requests,
+    paylinks,
+    results,
+    run_workers,
+    write_requests,
+)
 
 
 async def test_a_batch_becomes_payment_links_exactly_once(

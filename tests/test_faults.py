@@ -22,15 +22,18 @@ from typing import Any
 import pytest
 from redis.asyncio import Redis
 
-from paylinks.jobs import keys
+from paylinks.devtools.redis_server import RedisServer
+from paylinks.jobs import layout
 from paylinks.jobs.batches import Batches
 from paylinks.jobs.connection import connect
-from paylinks.worker.redis_server import RedisServer
-from tests.conftest import Sandbox, log_events, paylinks, spawn_worker
-from tests.test_end_to_end import (
+from tests.helpers import (
+    Sandbox,
     enqueue,
+    log_events,
+    paylinks,
     results,
     run_workers,
+    spawn_worker,
     unique_requests,
     write_requests,
 )
@@ -106,7 +109,7 @@ async def assert_no_dead_letters(redis: Redis, env: dict[str, str]) -> None:
     listed = paylinks("dead-letters", "list", "--json", env=env)
     assert listed.returncode == 0, listed.stderr.decode()
     assert listed.stdout == b""
-    assert await redis.zcard(keys.DEAD_LETTERS) == 0
+    assert await redis.zcard(layout.DEAD_LETTERS) == 0
 
 
 def assert_all_created(status: Status | None, batch: str, total: int) -> None:

@@ -24,8 +24,7 @@ from typing import Any
 import pytest
 from redis.asyncio import Redis
 
-from tests.conftest import Sandbox, log_events, paylinks, spawn_worker
-from tests.test_end_to_end import unique_requests
+from tests.helpers import Sandbox, log_events, paylinks, spawn_worker, unique_requests
 
 
 def enqueue(requests: list[dict[str, Any]], env: dict[str, str], path: Path) -> str:

@@ -13,7 +13,7 @@ from typing import Any
 import pytest
 
 from paylinks.jobs.intake import Accepted, accept, checked, parse, read_csv, read_json_lines
-from paylinks.jobs.keys import IDEMPOTENCY_NAMESPACE, idempotency_key
+from paylinks.jobs.layout import IDEMPOTENCY_NAMESPACE, idempotency_key
 from paylinks.jobs.models import AMOUNT_RULE, CheckoutRequest, personal_data
 
 EXAMPLES = Path(__file__).resolve().parents[1] / "examples"

@@ -12,7 +12,7 @@ from pathlib import Path
 import pytest
 
 from paylinks import __version__
-from tests.conftest import ROOT
+from tests.helpers import ROOT
 
 PIP = [sys.executable, "-m", "pip", "-q"]
 HOST_APP = {
@@ -44,6 +44,11 @@ def test_the_wheel_holds_one_top_level_package_with_its_scripts_and_types(wheel:
         "paylinks/jobs/lua/requeue.lua",
         "paylinks/worker/lua/ratelimit.lua",
         "paylinks/worker/lua/transition.lua",
+        "paylinks/devtools/sandbox.py",
+        "paylinks/devtools/sandbox_options.py",
+        "paylinks/devtools/demo.py",
+        "paylinks/devtools/redis_server.py",
+        "paylinks/devtools/ports.py",
     ):
         assert shipped in names
     assert not [name for name in names if "__pycache__" in name or name.startswith("tests/")]

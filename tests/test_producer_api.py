@@ -15,11 +15,10 @@ from typing import Any
 import pytest
 from redis.asyncio import Redis
 
+from paylinks.devtools.redis_server import RedisServer
 from paylinks.jobs.intake import parse
 from paylinks.jobs.producer import Producer, SyncProducer
-from paylinks.worker.redis_server import RedisServer
-from tests.conftest import ROOT, Sandbox, start_worker, stop_worker
-from tests.test_end_to_end import example_requests, run_workers
+from tests.helpers import ROOT, Sandbox, example_requests, run_workers, start_worker, stop_worker
 
 # The fields the README documents for a batch's status; a status may carry more.
 STATUS_FIELDS = ("batch", "total", "queued", "in_progress", "retrying", "created", "failed", "done")

@@ -15,10 +15,10 @@ from typing import Any
 import pytest
 from redis.asyncio import Redis
 
+from paylinks.devtools.redis_server import RedisServer
 from paylinks.worker import ratelimit
 from paylinks.worker.ratelimit import Limiter, RateLimit, RateLimited
-from paylinks.worker.redis_server import RedisServer
-from tests.conftest import ROOT
+from tests.helpers import ROOT
 
 CREDENTIAL = "test-credential"
 LEASES = f"paylinks:ratelimit:{CREDENTIAL}:leases"

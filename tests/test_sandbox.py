@@ -13,8 +13,8 @@ import aiohttp
 import pytest
 from aiohttp.test_utils import TestClient, TestServer
 
-from paylinks.worker.sandbox import build_app
-from paylinks.worker.sandbox_options import SandboxOptions, add_arguments, options_from
+from paylinks.devtools.sandbox import build_app
+from paylinks.devtools.sandbox_options import SandboxOptions, add_arguments, options_from
 
 CHECKOUT = "/sandbox/checkout-sessions"
 HEADERS = {

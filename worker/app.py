@@ -10,7 +10,7 @@ from arq.connections import RedisSettings
 from arq.worker import Function, run_worker
 from redis.exceptions import RedisError
 
-from paylinks.jobs import keys, queue
+from paylinks.jobs import layout, queue
 from paylinks.jobs.connection import RETRY_ON_ERROR, connect, restart_retry
 from paylinks.jobs.logs import configure, get_logger
 from paylinks.worker.auth import access_tokens, credential_id
@@ -55,7 +55,7 @@ class WorkerSettings:
         func(create_checkout_session, name=queue.JOB_FUNCTION),
         func(notify_batch_completed, name=queue.WEBHOOK_FUNCTION),
     ]
-    queue_name = keys.QUEUE
+    queue_name = layout.QUEUE
     on_startup = startup
     on_shutdown = shutdown
     job_serializer = queue.serialize

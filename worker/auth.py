@@ -10,7 +10,7 @@ import aiohttp
 import orjson
 from redis.asyncio import Redis
 
-from paylinks.jobs import keys
+from paylinks.jobs import layout
 from paylinks.jobs.logs import get_logger, redact
 from paylinks.worker.config import ConomyConfig
 
@@ -63,7 +63,9 @@ class TokenEndpoint:
         self.client_secret = config.client_secret
         self.redis = redis
         self.http = http
-        self.key = keys.access_token_key(credential_id(config))
+        credential = credential_id(config)
+        self.key = layout.access_token_key(credential)
+        self.lock_key = layout.access_token_lock_key(credential)
         self._token: str | None = None
         self._expires = 0.0
 
@@ -71,7 +73,7 @@ class TokenEndpoint:
         if self._token and time.monotonic() < self._expires:
             return self._token
         if not await self._load():
-            async with self.redis.lock(f"{self.key}:lock", timeout=30, blocking_timeout=30):
+            async with self.redis.lock(self.lock_key, timeout=30, blocking_timeout=30):
                 if not await self._load():
                     await self._fetch()
         assert self._token
@@ -81,7 +83,7 @@ class TokenEndpoint:
         # Only the first worker to see the token rejected drops it; the others pick up its
         # replacement instead of each fetching their own.
         self._token = None
-        async with self.redis.lock(f"{self.key}:lock", timeout=30, blocking_timeout=30):
+        async with self.redis.lock(self.lock_key, timeout=30, blocking_timeout=30):
             if await self._load() and self._token != rejected:
                 return self._token
             await self._fetch()

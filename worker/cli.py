@@ -26,7 +26,6 @@ from paylinks.jobs.intake import Numbered, read_csv, read_json_lines
 from paylinks.jobs.logs import configure
 from paylinks.jobs.producer import EnqueueReport, Producer, Rejection, new_batch_id
 from paylinks.jobs.records import RESULT_COLUMNS
-from paylinks.worker import sandbox_options
 from paylinks.worker.config import ConomyConfig, WorkerConfig, describe
 from paylinks.worker.progress import watch
 
@@ -59,7 +58,6 @@ def requests_in(source: IO[bytes], template: Any) -> Iterator[Numbered]:
 
 async def enqueue(args: argparse.Namespace) -> int:
     template = orjson.loads(Path(args.template).read_bytes()) if args.template else None
-    configure()
     # Everything loaded so far lives as long as the process: keep the collector off it, so
     # that it does not walk those objects over and over while a large file streams by.
     gc.freeze()
@@ -199,16 +197,15 @@ def worker(args: argparse.Namespace) -> int:
 
 def serve_sandbox(args: argparse.Namespace) -> int:
     # aiohttp's server: a tenth of a second no other command needs.
-    from paylinks.worker import sandbox
+    from paylinks.devtools import sandbox, sandbox_options
 
-    configure()
     with suppress(KeyboardInterrupt):
         asyncio.run(sandbox.serve(args.host, args.port, sandbox_options.options_from(args)))
     return 0
 
 
 def demo(args: argparse.Namespace) -> int:
-    from paylinks.worker.demo import run_demo
+    from paylinks.devtools.demo import run_demo
 
     return run_demo(args.file, workers=args.workers)
 
@@ -270,6 +267,9 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--batch")
     p.set_defaults(run=in_loop(purge_dead_letters))
 
+    # The development tools stay out of the runtime: only their flags are read here.
+    from paylinks.devtools import sandbox_options
+
     p = commands.add_parser("sandbox", help="serve the local sandbox of the Conomy API")
     sandbox_options.add_arguments(p)
     p.set_defaults(run=serve_sandbox)
@@ -283,6 +283,8 @@ def parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> None:
     args = parser().parse_args(argv)
+    # The application configures logging, for every command: the library never does.
+    configure()
     # uvloop's event loop costs a tenth less CPU per checkout session (make bench).
     asyncio.set_event_loop_policy(uvloop.EventLoopPolicy())
     sys.exit(args.run(args))

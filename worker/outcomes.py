@@ -2,11 +2,14 @@
 
 from __future__ import annotations
 
+from collections.abc import Mapping
+
 from redis.asyncio import Redis
 
-from paylinks.jobs import keys
+from paylinks.jobs import layout
 from paylinks.jobs.batches import Batches, now_ms
-from paylinks.jobs.records import Record, State
+from paylinks.jobs.layout import RecordField, State
+from paylinks.jobs.records import Record
 from paylinks.jobs.scripts import lua
 
 
@@ -20,19 +23,23 @@ class Outcomes:
         self,
         record: Record,
         state: State,
+        fields: Mapping[RecordField, str | int | None] | None = None,
         *,
         new_attempt: bool = False,
-        **fields: str | int | None,
     ) -> int:
         """Move `record` to `state`, storing `fields`; a final record is never moved again.
 
         Returns the record's attempts, counting a new one if asked.
         """
         pairs: list[str | int] = []
-        for name, value in fields.items():
+        for name, value in (fields or {}).items():
             pairs += [name, "" if value is None else value]
         attempts, all_ended = await self._transition(
-            keys=[keys.checkout_key(record.key), keys.batch_key(record.batch), keys.DEAD_LETTERS],
+            keys=[
+                layout.checkout_key(record.key),
+                layout.batch_key(record.batch),
+                layout.DEAD_LETTERS,
+            ],
             args=[record.key, state.value, now_ms(), "1" if new_attempt else "0", *pairs],
         )
         if all_ended:

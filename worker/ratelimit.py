@@ -12,7 +12,8 @@ from typing import Any
 
 from redis.asyncio import Redis
 
-from paylinks.jobs import keys
+from paylinks.jobs import layout
+from paylinks.jobs.layout import AdaptiveField
 from paylinks.jobs.scripts import lua
 
 # The script's answers to `acquire`, besides 1 for a reserved slot.
@@ -70,25 +71,13 @@ class Limiter:
     held from then on; the caller then sleeps until its slot, with no retry loop. Only a full
     cap makes a caller wait on other callers: it blocks on a list each release pushes to
     (BLPOP), at most until the first lease expires or `_LEASE_POLL`, and asks again.
-    Keys: `paylinks:ratelimit:{credential}:` `pause`, `tat`, `leases`, `wake`, `adaptive`,
-    `slots`.
+    Its keys are `layout.limiter_keys(credential)`.
     """
 
     def __init__(self, redis: Redis, credential: str, limit: RateLimit) -> None:
         self.redis = redis
         self.limit = limit
-        prefix = f"{keys.PREFIX}:ratelimit:{credential}"
-        self._pause_key = f"{prefix}:pause"
-        self._wake_key = f"{prefix}:wake"
-        self._adaptive_key = f"{prefix}:adaptive"
-        self._keys = [
-            self._pause_key,
-            f"{prefix}:tat",
-            f"{prefix}:leases",
-            self._wake_key,
-            self._adaptive_key,
-            f"{prefix}:slots",
-        ]
+        self._keys = layout.limiter_keys(credential)
         self._config = [
             limit.rate,
             limit.burst,
@@ -140,7 +129,7 @@ class Limiter:
         """The rate now in force: `rate`, or lower after a 429 in adaptive mode."""
         if not self.limit.adaptive:
             return self.limit.rate
-        lowered: str | None = await self.redis.hget(self._adaptive_key, "rate")  # type: ignore[misc]
+        lowered: str | None = await self.redis.hget(self._keys.adaptive, AdaptiveField.RATE)  # type: ignore[misc]
         return min(self.limit.rate, float(lowered)) if lowered else self.limit.rate
 
     async def _take(self, lease: str, deadline: float) -> float:
@@ -154,7 +143,7 @@ class Limiter:
             if answer == _ALL_LEASED:
                 timeout = max(_SHORTEST_BLOCK, min(remaining, wait, _LEASE_POLL))
                 blocked = time.monotonic()
-                await self.redis.blpop([self._wake_key], timeout)  # type: ignore[misc, arg-type]  # Redis 6+ takes a fraction
+                await self.redis.blpop([self._keys.wake], timeout)  # type: ignore[misc, arg-type]  # Redis 6+ takes a fraction
                 waited += time.monotonic() - blocked
                 continue
             if not micros:
@@ -167,7 +156,7 @@ class Limiter:
             # the slot after ours (a stalled process): the calls of all the slots it slept
             # through would go out together. Reserve a later one; the void slot is lost,
             # never given twice.
-            paused_until: str | None = await self.redis.get(self._pause_key)
+            paused_until: str | None = await self.redis.get(self._keys.pause)
             paused = paused_until is not None and int(paused_until) > slot
             if not paused and time.monotonic() - due <= self._lateness:
                 return waited

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any
 
 import aiohttp
@@ -14,10 +14,11 @@ from pydantic import ValidationError
 from redis.asyncio import Redis
 from redis.exceptions import RedisError
 
-from paylinks.jobs import keys
+from paylinks.jobs import layout
+from paylinks.jobs.layout import BatchField, RecordField, State
 from paylinks.jobs.logs import get_logger
 from paylinks.jobs.models import CheckoutSession, personal_data
-from paylinks.jobs.records import Record, State, read_record
+from paylinks.jobs.records import Record, read_record
 from paylinks.worker.auth import AuthError
 from paylinks.worker.config import WorkerConfig
 from paylinks.worker.conomy import ApiAnswer, ConomyClient
@@ -30,6 +31,17 @@ RESPONSE_KEPT = 2000
 # A job gives up a tenth before arq's own timeout (at most 5 s), which would drop it
 # without a word.
 DEADLINE_MARGIN = 5.0
+
+
+@dataclass(frozen=True)
+class NoAnswer:
+    """The call got no answer (a timeout, a lost connection): the session may exist or not."""
+
+    reason: str
+
+
+# What a call comes back with: the API's answer, the token endpoint's failure, or none.
+Answer = ApiAnswer | AuthError | NoAnswer
 
 
 @dataclass(frozen=True)
@@ -79,16 +91,15 @@ async def _create(deps: Deps, key: str) -> str:
         log.info("checkout.skipped", state=record.state.value)
         return record.state.value
     if record.attempts >= deps.config.max_tries:
-        await _fail(deps, record, log, record.attempts, f"gave up after {record.attempts} attempts")
-        return State.FAILED.value
+        last = Attempt(deps, record, log, record.attempts, time.monotonic())
+        return await last.fail(f"gave up after {record.attempts} attempts")
 
     try:
         async with deps.limiter.slot(max_wait=deps.config.rate_max_wait) as waited:
             # Marked in flight before the call: if this worker dies now, the next run of the
             # job finds the record in progress and sends the same Idempotency-Key again.
-            attempt = await deps.outcomes.move(record, State.IN_PROGRESS, new_attempt=True)
-            log = log.bind(attempt=attempt)
-            started = time.monotonic()
+            number = await deps.outcomes.move(record, State.IN_PROGRESS, new_attempt=True)
+            attempt = Attempt(deps, record, log.bind(attempt=number), number, time.monotonic())
             answer = await _call(deps, record)
     except RateLimited as e:
         # No slot soon enough: not an attempt, the record keeps its state, and the job
@@ -96,146 +107,151 @@ async def _create(deps: Deps, key: str) -> str:
         log.info("ratelimit.deferred", retry_in_s=round(e.retry_in, 3))
         raise Retry(defer=e.retry_in) from e
 
-    outcome = await _record_answer(deps, record, log, attempt, answer, started)
+    outcome = await _decide(attempt, answer)
     # Bookkeeping after the outcome is safe: losing it must never cost a second call.
     try:
         if waited:
-            await _waited(deps, record, log, waited)
+            await _waited(attempt, waited)
         if isinstance(answer, ApiAnswer) and answer.ok:
             await deps.limiter.succeeded()
     except RedisError as e:
-        log.warning("ratelimit.unrecorded", reason=type(e).__name__)
+        attempt.log.warning("ratelimit.unrecorded", reason=type(e).__name__)
     return outcome
 
 
-async def _record_answer(
-    deps: Deps,
-    record: Record,
-    log: Any,
-    attempt: int,
-    answer: ApiAnswer | AuthError | str,
-    started: float,
-) -> str:
-    if isinstance(answer, AuthError):
-        if answer.status is not None and not is_retryable(answer.status):
-            return await _fail(deps, record, log, attempt, f"authentication: {answer}")
-        return await _retry_or_fail(deps, record, log, attempt, str(answer), None, started)
-    if isinstance(answer, str):
-        return await _retry_or_fail(deps, record, log, attempt, answer, None, started)
-    log = log.bind(http_status=answer.status, duration_ms=_ms_since(started))
-    if answer.ok:
-        return await _created(deps, record, log, answer, attempt)
-    if is_retryable(answer.status):
-        if answer.status == 429:
-            # The limit is the credential's: every worker holds off, not only this one.
-            pause = retry_after_seconds(answer.retry_after) or deps.config.retry_base
-            await deps.limiter.pause(pause)
-        return await _retry_or_fail(
-            deps, record, log, attempt, answer.error_message(), answer, started
-        )
-    reason = answer.error_message()
-    if answer.status == 409 and attempt > 1:
-        reason += (
-            f" (on attempt {attempt}: an earlier attempt may have created the session; "
-            "check with the API before retrying this dead letter)"
-        )
-    return await _fail(deps, record, log, attempt, reason, answer)
-
-
-async def _call(deps: Deps, record: Record) -> ApiAnswer | AuthError | str:
-    """The API's answer, the token endpoint's failure, or why no answer came (a reason)."""
+async def _call(deps: Deps, record: Record) -> Answer:
     try:
         return await deps.client.create_checkout_session(record.request.encode(), record.key)
     except (aiohttp.ClientError, TimeoutError) as e:
-        return "timeout" if isinstance(e, TimeoutError) else f"connection: {type(e).__name__}"
+        return NoAnswer(
+            "timeout" if isinstance(e, TimeoutError) else f"connection: {type(e).__name__}"
+        )
     except AuthError as e:
         return e
 
 
-async def _waited(deps: Deps, record: Record, log: Any, waited: float) -> None:
-    waited_ms = int(waited * 1000)
-    log.info("ratelimit.waited", waited_ms=waited_ms)
-    await deps.redis.hincrby(keys.batch_key(record.batch), "ratelimit_wait_ms", waited_ms)  # type: ignore[misc]
-
-
-async def _created(deps: Deps, record: Record, log: Any, answer: ApiAnswer, attempt: int) -> str:
-    try:
-        session = CheckoutSession.model_validate_json(answer.body)
-    except ValidationError:
-        # The session exists but we cannot read it. Asking again would create a second one
-        # from an API that ignores Idempotency-Key: a person looks at the kept answer.
-        reason = f"the API answered {answer.status} but not with a readable checkout session"
-        return await _fail(deps, record, log, attempt, reason, answer)
-    await deps.outcomes.move(
-        record,
-        State.CREATED,
-        session_id=session.id,
-        url=session.url,
-        expires_at=session.expires_at,
-        session_status=session.status,
-        http_status=answer.status,
-        error=None,
+async def _decide(attempt: Attempt, answer: Answer) -> str:
+    """Where an answer leads: created, another attempt after a backoff, or failed for good."""
+    if isinstance(answer, NoAnswer):
+        return await attempt.retry(answer.reason)
+    if isinstance(answer, AuthError):
+        if answer.status is not None and not is_retryable(answer.status):
+            return await attempt.fail(f"authentication: {answer}")
+        return await attempt.retry(str(answer))
+    attempt = replace(
+        attempt, log=attempt.log.bind(http_status=answer.status, duration_ms=attempt.ms())
     )
-    if not session.url:
-        log.warning("checkout.incomplete", session_id=session.id, missing="url")
-    log.info("checkout.created", session_id=session.id, expires_at=session.expires_at)
-    return State.CREATED.value
-
-
-async def _retry_or_fail(
-    deps: Deps,
-    record: Record,
-    log: Any,
-    attempt: int,
-    reason: str,
-    answer: ApiAnswer | None,
-    started: float,
-) -> str:
-    """Another attempt after a backoff, unless this was the last one allowed."""
-    if attempt >= deps.config.max_tries:
-        return await _fail(
-            deps, record, log, attempt, f"{reason} (after {attempt} attempts)", answer
+    if answer.ok:
+        return await attempt.created(answer)
+    if is_retryable(answer.status):
+        if answer.status == 429:
+            # The limit is the credential's: every worker holds off, not only this one.
+            pause = retry_after_seconds(answer.retry_after) or attempt.deps.config.retry_base
+            await attempt.deps.limiter.pause(pause)
+        return await attempt.retry(answer.error_message(), answer)
+    reason = answer.error_message()
+    if answer.status == 409 and attempt.number > 1:
+        reason += (
+            f" (on attempt {attempt.number}: an earlier attempt may have created the session; "
+            "check with the API before retrying this dead letter)"
         )
-    status = answer.status if answer else None
-    retry_after = retry_after_seconds(answer.retry_after) if answer else None
-    delay = backoff(attempt, deps.config.retry_base, deps.config.retry_cap, retry_after)
-    await deps.outcomes.move(record, State.RETRYING, error=reason, http_status=status)
-    log.warning(
-        "checkout.retrying",
-        reason=reason,
-        personal_data=_personal_data(record),
-        http_status=status,
-        retry_in_s=round(delay, 3),
-        duration_ms=_ms_since(started),
-    )
-    raise Retry(defer=delay)
+    return await attempt.fail(reason, answer)
 
 
-async def _fail(
-    deps: Deps, record: Record, log: Any, attempt: int, reason: str, answer: ApiAnswer | None = None
-) -> str:
-    """Failed for good: the record says why, and the request joins the dead letters."""
-    status = answer.status if answer else None
-    response = answer.body[:RESPONSE_KEPT].decode(errors="replace") if answer else None
-    await deps.outcomes.move(
-        record, State.FAILED, error=reason, http_status=status, response=response
-    )
-    log.error(
-        "checkout.failed",
-        reason=reason,
-        http_status=status,
-        attempt=attempt,
-        personal_data=_personal_data(record),
-    )
-    return State.FAILED.value
+async def _waited(attempt: Attempt, waited: float) -> None:
+    waited_ms = int(waited * 1000)
+    attempt.log.info("ratelimit.waited", waited_ms=waited_ms)
+    batch = layout.batch_key(attempt.record.batch)
+    await attempt.deps.redis.hincrby(batch, BatchField.RATELIMIT_WAIT_MS, waited_ms)  # type: ignore[misc]
 
 
-def _personal_data(record: Record) -> list[str]:
-    """What the Redactor must take out of a reason the API wrote: parsed only for the
-    events that carry one, not on every job."""
-    body = orjson.loads(record.request)
-    return personal_data(body) if isinstance(body, dict) else []
+@dataclass(frozen=True)
+class Attempt:
+    """One attempt at a checkout request, from its call on: how it ends, on the record and in
+    the log."""
 
+    deps: Deps
+    record: Record
+    log: Any
+    number: int
+    started: float
 
-def _ms_since(started: float) -> int:
-    return int((time.monotonic() - started) * 1000)
+    async def created(self, answer: ApiAnswer) -> str:
+        try:
+            session = CheckoutSession.model_validate_json(answer.body)
+        except ValidationError:
+            # The session exists but we cannot read it. Asking again would create a second
+            # one from an API that ignores Idempotency-Key: a person looks at the kept answer.
+            reason = f"the API answered {answer.status} but not with a readable checkout session"
+            return await self.fail(reason, answer)
+        await self.deps.outcomes.move(
+            self.record,
+            State.CREATED,
+            {
+                RecordField.SESSION_ID: session.id,
+                RecordField.URL: session.url,
+                RecordField.EXPIRES_AT: session.expires_at,
+                RecordField.SESSION_STATUS: session.status,
+                RecordField.HTTP_STATUS: answer.status,
+                RecordField.ERROR: None,
+            },
+        )
+        if not session.url:
+            self.log.warning("checkout.incomplete", session_id=session.id, missing="url")
+        self.log.info("checkout.created", session_id=session.id, expires_at=session.expires_at)
+        return State.CREATED.value
+
+    async def retry(self, reason: str, answer: ApiAnswer | None = None) -> str:
+        """Another attempt after a backoff (arq's Retry), unless this was the last allowed."""
+        config = self.deps.config
+        if self.number >= config.max_tries:
+            return await self.fail(f"{reason} (after {self.number} attempts)", answer)
+        status = answer.status if answer else None
+        retry_after = retry_after_seconds(answer.retry_after) if answer else None
+        delay = backoff(self.number, config.retry_base, config.retry_cap, retry_after)
+        await self.deps.outcomes.move(
+            self.record,
+            State.RETRYING,
+            {RecordField.ERROR: reason, RecordField.HTTP_STATUS: status},
+        )
+        self.log.warning(
+            "checkout.retrying",
+            reason=reason,
+            personal_data=self._personal_data(),
+            http_status=status,
+            retry_in_s=round(delay, 3),
+            duration_ms=self.ms(),
+        )
+        raise Retry(defer=delay)
+
+    async def fail(self, reason: str, answer: ApiAnswer | None = None) -> str:
+        """Failed for good: the record says why, and the request joins the dead letters."""
+        status = answer.status if answer else None
+        response = answer.body[:RESPONSE_KEPT].decode(errors="replace") if answer else None
+        await self.deps.outcomes.move(
+            self.record,
+            State.FAILED,
+            {
+                RecordField.ERROR: reason,
+                RecordField.HTTP_STATUS: status,
+                RecordField.RESPONSE: response,
+            },
+        )
+        self.log.error(
+            "checkout.failed",
+            reason=reason,
+            http_status=status,
+            attempt=self.number,
+            personal_data=self._personal_data(),
+        )
+        return State.FAILED.value
+
+    def ms(self) -> int:
+        """Milliseconds since the call started."""
+        return int((time.monotonic() - self.started) * 1000)
+
+    def _personal_data(self) -> list[str]:
+        """What the Redactor must take out of a reason the API wrote: parsed only for the
+        events that carry one, not on every job."""
+        body = orjson.loads(self.record.request)
+        return personal_data(body) if isinstance(body, dict) else []

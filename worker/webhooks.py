@@ -11,7 +11,8 @@ import aiohttp
 import orjson
 from arq import Retry
 
-from paylinks.jobs import keys
+from paylinks.jobs import layout
+from paylinks.jobs.layout import BatchField
 from paylinks.jobs.logs import get_logger
 from paylinks.worker.retries import backoff
 from paylinks.worker.tasks import Deps
@@ -29,7 +30,7 @@ def signature(secret: str, timestamp: int, body: bytes) -> str:
 async def notify_batch_completed(ctx: dict[str, Any], batch: str) -> str:
     deps: Deps = ctx["paylinks"]
     log = get_logger(batch=batch, attempt=ctx["job_try"])
-    url = await deps.redis.hget(keys.batch_key(batch), "webhook_url")  # type: ignore[misc]
+    url = await deps.redis.hget(layout.batch_key(batch), BatchField.WEBHOOK_URL)  # type: ignore[misc]
     status = await deps.outcomes.batches.status(batch)
     secret = deps.config.webhook_secret
     if not url or status is None:

@@ -14,7 +14,7 @@ import orjson
 from bench.data import requests
 from paylinks import __version__
 from paylinks.jobs.intake import parse
-from paylinks.jobs.keys import idempotency_key
+from paylinks.jobs.layout import idempotency_key
 
 API_KEY = "sandbox-key"
 ACCESS_TOKEN = "sandbox-token"

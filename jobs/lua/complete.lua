@@ -2,6 +2,7 @@
 -- KEYS: batch counters, completion stream, arq job (webhook), arq queue
 -- ARGV: batch id, now (ms), webhook job id, webhook job payload, stream max length
 -- Returns 1 when this call completed the batch.
+-- Names of fields and states as in paylinks/jobs/layout.py (tests/test_layout.py checks).
 local c = redis.call('HMGET', KEYS[1], 'total', 'created', 'failed', 'sealed', 'webhook_url')
 local total, created, failed = tonumber(c[1] or 0), tonumber(c[2] or 0), tonumber(c[3] or 0)
 if c[4] ~= '1' or created + failed ~= total then return 0 end

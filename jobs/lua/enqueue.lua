@@ -8,6 +8,7 @@
 -- outcome (duplicate|conflict), the record's state, the record's batch, and for a conflict
 -- the record's body}: most chunks are all new, and an answer per request cost more than the
 -- rest of the reply.
+-- Names of fields and states as in paylinks/jobs/layout.py (tests/test_layout.py checks).
 local batch, now, ttl = ARGV[1], ARGV[2], ARGV[3]
 local answers, members, scored = {}, {}, {}
 for i = 8, #ARGV, 3 do

@@ -4,6 +4,7 @@
 -- ARGV: idempotency key, arq job payload, now (ms), ttl (ms)
 -- Returns 1 when queued again, 0 when the request is not failed, -1 while its last job is
 -- still being cleaned up by arq (queuing now would let arq delete the new job).
+-- Names of fields and states as in paylinks/jobs/layout.py (tests/test_layout.py checks).
 if redis.call('HGET', KEYS[1], 'state') ~= 'failed' then return 0 end
 if redis.call('EXISTS', KEYS[7]) == 1 then return -1 end
 redis.call('HSET', KEYS[1], 'state', 'queued', 'attempts', 0, 'error', '', 'http_status', '',

@@ -12,6 +12,7 @@
 --   pause µs                     -> 1 if the rate was lowered (adaptive mode)
 --   recover                      -> 1 if the rate was raised (adaptive mode)
 -- Every time is the Redis server's clock, so hosts whose clocks disagree share one schedule.
+-- Names of fields and states as in paylinks/jobs/layout.py (tests/test_layout.py checks).
 local pause_key, tat_key, leases_key, wake_key, adaptive_key, slots_key = unpack(KEYS)
 local op = ARGV[1]
 local rate, burst, cap = tonumber(ARGV[2]), tonumber(ARGV[3]), tonumber(ARGV[4])

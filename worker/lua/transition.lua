@@ -5,6 +5,7 @@
 -- Returns {attempts, 1 if the batch's requests have all ended}. A record already final is
 -- left as it is, but still reports its batch, so a job run again after dying between its
 -- last move and the batch's completion completes the batch then.
+-- Names of fields and states as in paylinks/jobs/layout.py (tests/test_layout.py checks).
 local function all_ended()
   local c = redis.call('HMGET', KEYS[2], 'total', 'created', 'failed')
   if tonumber(c[2] or 0) + tonumber(c[3] or 0) == tonumber(c[1] or 0) then return 1 end

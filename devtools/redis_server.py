@@ -10,7 +10,7 @@ import time
 from pathlib import Path
 from types import TracebackType
 
-from paylinks.worker.ports import free_port
+from paylinks.devtools.ports import free_port
 
 
 def redis_server_binary() -> str:

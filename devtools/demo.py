@@ -13,13 +13,13 @@ from contextlib import ExitStack
 from pathlib import Path
 from typing import BinaryIO
 
+from paylinks.devtools.ports import free_port, wait_for_port
+from paylinks.devtools.redis_server import RedisServer
 from paylinks.jobs.intake import read_json_lines
 from paylinks.jobs.logs import configure
 from paylinks.jobs.producer import Producer
 from paylinks.jobs.records import RESULT_COLUMNS
-from paylinks.worker.ports import free_port, wait_for_port
 from paylinks.worker.progress import watch
-from paylinks.worker.redis_server import RedisServer
 
 RESULTS = Path("results")
 # A sandbox that misbehaves a little, so the demo shows retries as well as links.

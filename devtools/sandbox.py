@@ -21,9 +21,9 @@ from aiohttp import web
 from aiohttp.typedefs import Handler
 from pydantic import BaseModel, ConfigDict, Field, NonNegativeFloat, NonNegativeInt, ValidationError
 
+from paylinks.devtools.sandbox_options import SandboxOptions
 from paylinks.jobs.intake import describe
 from paylinks.jobs.models import CheckoutRequest, minor_units
-from paylinks.worker.sandbox_options import SandboxOptions
 
 API_VERSION = "24-04-2025"
 DEFAULT_DURATION = 86400

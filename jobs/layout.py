@@ -1,0 +1,154 @@
+"""The Redis layout, written once: every key paylinks names, and the fields and states of what
+they hold. The Lua scripts write the same names (a test checks them against this module);
+change the stored layout only with a migration, as records outlive releases."""
+
+import hashlib
+import uuid
+from enum import StrEnum
+from typing import NamedTuple
+
+from arq.constants import in_progress_key_prefix, job_key_prefix
+
+# Fixed forever: changing it would give every checkoutToken a new idempotency key, and a token
+# re-sent under a new key can create a second session.
+IDEMPOTENCY_NAMESPACE = uuid.UUID("6f1c4d1e-2b1a-5b8e-9a55-70a9e1c0b7d3")
+
+PREFIX = "paylinks"
+QUEUE = f"{PREFIX}:queue"
+# Batches by when they were opened (ms), for `paylinks batches`.
+BATCHES = f"{PREFIX}:batches"
+# One entry per completed batch, for producers to read (XREAD) as a completion signal.
+COMPLETED_BATCHES = f"{PREFIX}:batches:completed"
+# Requests that failed for good: idempotency keys scored by when they failed (ms).
+DEAD_LETTERS = f"{PREFIX}:dead-letters"
+
+
+_NAMESPACE_BYTES = IDEMPOTENCY_NAMESPACE.bytes
+_VARIANT = "89ab"  # RFC 4122 variant: the top two bits of octet 8 are 10
+
+
+def idempotency_key(checkout_token: str) -> str:
+    """The `Idempotency-Key` of a checkout token: UUID v5 of the token in our namespace.
+
+    What `uuid.uuid5` gives (a test compares them), formatted from the SHA-1 digest directly:
+    building the UUID object was a twentieth of a request's intake.
+    """
+    h = hashlib.sha1(_NAMESPACE_BYTES + checkout_token.encode()).hexdigest()
+    return f"{h[:8]}-{h[8:12]}-5{h[13:16]}-{_VARIANT[int(h[16], 16) & 3]}{h[17:20]}-{h[20:32]}"
+
+
+def checkout_key(key: str) -> str:
+    """The hash that records one checkout request: its body, state, attempts and outcome."""
+    return f"{PREFIX}:checkout:{key}"
+
+
+def batch_key(batch: str) -> str:
+    """The hash that counts a batch's requests by state."""
+    return f"{PREFIX}:batch:{batch}"
+
+
+def batch_members_key(batch: str) -> str:
+    """The list of a batch's idempotency keys, in the order they were enqueued."""
+    return f"{PREFIX}:batch:{batch}:keys"
+
+
+def access_token_key(credential: str) -> str:
+    """Where the fleet caches the bearer token of one API credential."""
+    return f"{PREFIX}:auth:{credential}"
+
+
+def access_token_lock_key(credential: str) -> str:
+    """The lock one worker holds while it fetches that token for the fleet."""
+    return f"{access_token_key(credential)}:lock"
+
+
+class LimiterKeys(NamedTuple):
+    """The keys of one credential's rate limit, in the order `ratelimit.lua` takes them."""
+
+    pause: str
+    tat: str
+    leases: str
+    wake: str
+    adaptive: str
+    slots: str
+
+
+def limiter_keys(credential: str) -> LimiterKeys:
+    prefix = f"{PREFIX}:ratelimit:{credential}"
+    return LimiterKeys(*(f"{prefix}:{name}" for name in LimiterKeys._fields))
+
+
+def arq_job_key(key: str) -> str:
+    """arq's own key for the job of one checkout request (its job id is the idempotency key)."""
+    return job_key_prefix + key
+
+
+def arq_in_progress_key(key: str) -> str:
+    """arq's marker that a worker is running the job right now."""
+    return in_progress_key_prefix + key
+
+
+class State(StrEnum):
+    """Where a checkout request stands: its record's `state`, and a counter of its batch."""
+
+    QUEUED = "queued"
+    IN_PROGRESS = "in_progress"
+    RETRYING = "retrying"
+    CREATED = "created"
+    FAILED = "failed"
+
+    @property
+    def final(self) -> bool:
+        return self in (State.CREATED, State.FAILED)
+
+
+class RecordField(StrEnum):
+    """The fields of a checkout record (`checkout_key`)."""
+
+    CHECKOUT_TOKEN = "checkout_token"
+    BATCH = "batch"
+    # The body to send, canonical JSON.
+    REQUEST = "request"
+    STATE = "state"
+    ATTEMPTS = "attempts"
+    ENQUEUED_AT = "enqueued_at"
+    UPDATED_AT = "updated_at"
+    SESSION_ID = "session_id"
+    URL = "url"
+    EXPIRES_AT = "expires_at"
+    SESSION_STATUS = "session_status"
+    HTTP_STATUS = "http_status"
+    ERROR = "error"
+    # The start of the API's answer to a failed request, for its dead letter.
+    RESPONSE = "response"
+
+
+class BatchField(StrEnum):
+    """The fields of a batch's hash (`batch_key`), besides a counter per `State`."""
+
+    TOTAL = "total"
+    # "1" once every request is enqueued: only then can the batch complete.
+    SEALED = "sealed"
+    CREATED_AT = "created_at"
+    COMPLETED_AT = "completed_at"
+    WEBHOOK_URL = "webhook_url"
+    RATELIMIT_WAIT_MS = "ratelimit_wait_ms"
+
+
+class CompletionField(StrEnum):
+    """The fields of an entry of `COMPLETED_BATCHES`."""
+
+    BATCH = "batch"
+    TOTAL = "total"
+    CREATED = "created"
+    FAILED = "failed"
+    COMPLETED_AT = "completed_at"
+
+
+class AdaptiveField(StrEnum):
+    """The fields of a rate limit's `adaptive` hash: the lowered rate, when it was last
+    changed, and until when further 429s leave it alone (µs)."""
+
+    RATE = "rate"
+    AT = "at"
+    HOLD = "hold"

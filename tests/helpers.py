@@ -1,0 +1,166 @@
+"""What the tests share besides fixtures: the services' names, the `paylinks` command and
+worker processes, the sandbox's control endpoints, and requests to enqueue."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+from typing import Any
+
+import aiohttp
+
+ROOT = Path(__file__).resolve().parent.parent
+EXAMPLES = ROOT / "examples"
+CHECKOUTS = EXAMPLES / "checkouts.jsonl"
+ACCESS_TOKEN = "sandbox-token"
+API_KEY = "sandbox-key"
+
+
+class Sandbox:
+    """The sandbox API in its own process, driven through its control endpoints."""
+
+    def __init__(self, port: int) -> None:
+        self.port = port
+        self.base_url = f"http://127.0.0.1:{port}/sandbox"
+        self.process = subprocess.Popen(
+            [sys.executable, "-m", "paylinks", "sandbox", "--port", str(port)],
+            stderr=subprocess.DEVNULL,
+        )
+
+    async def control(self, method: str, path: str, body: Any = None) -> Any:
+        async with (
+            aiohttp.ClientSession() as http,
+            http.request(method, f"{self.base_url}/_control/{path}", json=body) as response,
+        ):
+            response.raise_for_status()
+            return await response.json()
+
+    async def stats(self) -> dict[str, Any]:
+        stats: dict[str, Any] = await self.control("GET", "stats")
+        return stats
+
+    async def faults(self, **knobs: float | str) -> None:
+        await self.control("POST", "faults", knobs)
+
+    async def requests(self, limit: int = 10) -> list[dict[str, Any]]:
+        answer = await self.control("GET", f"requests?limit={limit}")
+        requests: list[dict[str, Any]] = answer["requests"]
+        return requests
+
+
+def paylinks(
+    *args: str, env: dict[str, str], input: bytes | None = None, timeout: float = 120
+) -> subprocess.CompletedProcess[bytes]:
+    """Run the `paylinks` command as a separate process, as a script would."""
+    return subprocess.run(
+        [sys.executable, "-m", "paylinks", *args],
+        env=env,
+        input=input,
+        capture_output=True,
+        timeout=timeout,
+        cwd=ROOT,
+    )
+
+
+def start_worker(env: dict[str, str], *args: str) -> subprocess.Popen[bytes]:
+    """A worker whose log (stderr) is read from a pipe: for short runs that are read as they end."""
+    return subprocess.Popen(
+        [sys.executable, "-m", "paylinks", "worker", *args],
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        cwd=ROOT,
+    )
+
+
+def spawn_worker(env: dict[str, str], log: Path, *args: str) -> subprocess.Popen[bytes]:
+    """A worker whose log goes to a file: a pipe nobody reads would fill up and stall a
+    long-running worker (and so what a test measures), and a file keeps what a killed
+    worker wrote."""
+    with open(log, "wb") as stderr:
+        return subprocess.Popen(
+            [sys.executable, "-m", "paylinks", "worker", *args],
+            env=env,
+            stdout=subprocess.DEVNULL,
+            stderr=stderr,
+            cwd=ROOT,
+        )
+
+
+def stop_worker(worker: subprocess.Popen[bytes]) -> str:
+    """SIGTERM a worker started with `start_worker`; its log."""
+    if worker.poll() is None:
+        worker.terminate()
+    try:
+        _, stderr = worker.communicate(timeout=30)
+    except subprocess.TimeoutExpired:
+        worker.kill()
+        _, stderr = worker.communicate(timeout=10)
+    return stderr.decode()
+
+
+def log_events(*logs: Path) -> list[dict[str, Any]]:
+    """Every JSON log line of the given files; a line cut short by SIGKILL is skipped."""
+    found = []
+    for log in logs:
+        for line in log.read_text(errors="replace").splitlines():
+            try:
+                found.append(json.loads(line))
+            except ValueError:
+                continue
+    return found
+
+
+def enqueue(path: Path, env: dict[str, str]) -> dict[str, Any]:
+    done = paylinks("enqueue", str(path), "--json", env=env)
+    assert done.returncode == 0, done.stderr.decode()
+    report: dict[str, Any] = json.loads(done.stdout)
+    return report
+
+
+def run_workers(env: dict[str, str], count: int = 2, *args: str) -> list[str]:
+    """Burst workers until the queue is empty; returns each one's log (stderr)."""
+    workers = [start_worker(env, "--burst", *args) for _ in range(count)]
+    # Read every worker's pipe at once: a worker whose pipe is full stops logging, and so
+    # stops working, until someone reads it.
+    with ThreadPoolExecutor(count) as pool:
+        outputs = list(pool.map(lambda worker: worker.communicate(timeout=180), workers))
+    logs = []
+    for worker, (_, stderr) in zip(workers, outputs, strict=True):
+        assert worker.returncode == 0, stderr.decode()[-2000:]
+        logs.append(stderr.decode())
+    return logs
+
+
+def events(log: str) -> list[dict[str, Any]]:
+    return [json.loads(line) for line in log.splitlines() if line.strip()]
+
+
+def results(batch: str, env: dict[str, str]) -> list[dict[str, Any]]:
+    done = paylinks("results", batch, env=env)
+    assert done.returncode == 0, done.stderr.decode()
+    return [json.loads(line) for line in done.stdout.splitlines()]
+
+
+def write_requests(path: Path, requests: list[dict[str, Any]]) -> Path:
+    path.write_text("".join(json.dumps(r) + "\n" for r in requests))
+    return path
+
+
+def example_requests(count: int) -> list[dict[str, Any]]:
+    lines = CHECKOUTS.read_text().splitlines()[:count]
+    return [json.loads(line) for line in lines]
+
+
+def unique_requests(count: int, prefix: str) -> list[dict[str, Any]]:
+    """`count` valid requests: the examples, over and over, each with a token of its own."""
+    lines = CHECKOUTS.read_text().splitlines()
+    requests = []
+    for i in range(count):
+        request = json.loads(lines[i % len(lines)])
+        request["checkoutToken"] = f"{prefix}-{i:05d}"
+        requests.append(request)
+    return requests

@@ -1,0 +1,202 @@
+"""The job's decisions, in-process on the tests' Redis: which answer of the API leads to which
+state, reason and backoff. The job function runs as arq would call it, with the worker's own
+start-up, against a tiny API over real HTTP that gives each call the answer a test scripts."""
+
+from __future__ import annotations
+
+import asyncio
+from collections import deque
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from dataclasses import dataclass
+from typing import Any
+
+import orjson
+import pytest
+from aiohttp import web
+from arq import Retry
+from pydantic import AnyHttpUrl, SecretStr
+from redis.asyncio import Redis
+
+from paylinks.devtools.ports import free_port
+from paylinks.jobs import layout
+from paylinks.jobs.producer import Producer
+from paylinks.jobs.records import Record, read_record
+from paylinks.worker.app import shutdown, startup
+from paylinks.worker.auth import credential_id
+from paylinks.worker.config import ConomyConfig, WorkerConfig
+from paylinks.worker.tasks import create_checkout_session
+from tests.helpers import example_requests
+
+SESSION = {"id": "cs_1", "url": "https://pay.example/cs_1", "expiresAt": "2026-12-01T00:00:00Z"}
+REFUSED = {"error": {"code": "invalid_owner", "message": "owner unknown"}}
+# Backoff windows of 50 ms, calls given up after 0.3 s.
+SETTINGS: dict[str, Any] = {"retry_base": 0.05, "retry_cap": 0.5, "http_timeout": 0.3}
+
+
+@dataclass(frozen=True)
+class Answer:
+    status: int
+    body: Any = None
+    headers: dict[str, str] | None = None
+    delay: float = 0
+
+    def response(self) -> web.Response:
+        body = self.body if isinstance(self.body, bytes) else orjson.dumps(self.body)
+        return web.Response(status=self.status, body=body, headers=self.headers)
+
+
+class Api:
+    """A checkout-sessions endpoint that gives each call the next scripted answer."""
+
+    def __init__(self, port: int) -> None:
+        self.base_url = f"http://127.0.0.1:{port}/api"
+        self.answers: deque[Answer] = deque()
+        self.calls = 0
+
+    async def checkout(self, request: web.Request) -> web.Response:
+        self.calls += 1
+        await request.read()
+        answer = self.answers.popleft()
+        await asyncio.sleep(answer.delay)
+        return answer.response()
+
+
+@pytest.fixture
+async def api() -> AsyncIterator[Api]:
+    port = free_port()
+    api = Api(port)
+    app = web.Application()
+    app.router.add_post("/api/checkout-sessions", api.checkout)
+    runner = web.AppRunner(app)
+    await runner.setup()
+    await web.TCPSite(runner, "127.0.0.1", port).start()
+    yield api
+    await runner.cleanup()
+
+
+class Job:
+    """One enqueued checkout request and its job, run as arq runs it."""
+
+    def __init__(self, ctx: dict[str, Any], key: str) -> None:
+        self.ctx, self.key = ctx, key
+
+    async def run(self) -> str:
+        self.ctx["job_try"] = self.ctx.get("job_try", 0) + 1
+        return await create_checkout_session(self.ctx, self.key)
+
+    async def retried(self) -> int:
+        """Run the job, which must ask arq for another attempt; the delay asked, in ms."""
+        with pytest.raises(Retry) as retry:
+            await self.run()
+        assert retry.value.defer_score is not None
+        return retry.value.defer_score
+
+    async def record(self) -> Record:
+        record = await read_record(self.ctx["paylinks"].redis, self.key)
+        assert record is not None
+        return record
+
+
+@asynccontextmanager
+async def checkout_job(api: Api, **settings: Any) -> AsyncIterator[Job]:
+    ctx: dict[str, Any] = {
+        "config": WorkerConfig(**{**SETTINGS, **settings}),
+        "conomy": ConomyConfig(
+            base_url=AnyHttpUrl(api.base_url),
+            api_key=SecretStr("key"),
+            access_token=SecretStr("token"),
+        ),
+    }
+    await startup(ctx)
+    try:
+        request = example_requests(1)[0]
+        report = await Producer(ctx["paylinks"].redis, ctx["config"]).enqueue([request])
+        assert report.enqueued == 1
+        yield Job(ctx, layout.idempotency_key(request["checkoutToken"]))
+    finally:
+        await shutdown(ctx)
+
+
+async def dead_letter(redis: Redis, key: str) -> bool:
+    return await redis.zscore(layout.DEAD_LETTERS, key) is not None
+
+
+async def test_a_201_with_a_session_is_created(redis: Redis, api: Api) -> None:
+    api.answers.append(Answer(201, SESSION))
+    async with checkout_job(api) as job:
+        assert await job.run() == "created"
+        record = await job.record()
+    assert (record.state, record.attempts, record.http_status) == ("created", 1, 201)
+    assert (record.session_id, record.url, record.error) == ("cs_1", SESSION["url"], None)
+    assert api.calls == 1
+
+
+async def test_a_500_is_retried_after_a_backoff(redis: Redis, api: Api) -> None:
+    api.answers.append(Answer(500, {"error": {"message": "try later"}}))
+    async with checkout_job(api) as job:
+        assert 0 <= await job.retried() <= 50
+        record = await job.record()
+        credential = credential_id(job.ctx["conomy"])
+    assert (record.state, record.attempts, record.http_status) == ("retrying", 1, 500)
+    assert record.error == "try later"
+    assert not await redis.exists(layout.limiter_keys(credential).pause)
+
+
+async def test_a_429_waits_its_retry_after_and_pauses_the_whole_fleet(
+    redis: Redis, api: Api
+) -> None:
+    api.answers.append(Answer(429, {"message": "slow down"}, {"Retry-After": "2"}))
+    async with checkout_job(api) as job:
+        assert 2000 <= await job.retried() <= 2050
+        record = await job.record()
+        credential = credential_id(job.ctx["conomy"])
+    assert (record.state, record.http_status, record.error) == ("retrying", 429, "slow down")
+    assert 1000 < await redis.pttl(layout.limiter_keys(credential).pause) <= 2000
+
+
+async def test_a_400_fails_at_once_with_the_apis_message_in_a_dead_letter(
+    redis: Redis, api: Api
+) -> None:
+    api.answers.append(Answer(400, REFUSED))
+    async with checkout_job(api) as job:
+        assert await job.run() == "failed"
+        record = await job.record()
+    assert (record.state, record.attempts, record.http_status) == ("failed", 1, 400)
+    assert record.error == "owner unknown"
+    assert record.response == orjson.dumps(REFUSED).decode()
+    assert await dead_letter(redis, job.key)
+    assert api.calls == 1
+
+
+async def test_no_answer_in_time_is_retried(redis: Redis, api: Api) -> None:
+    api.answers.append(Answer(201, SESSION, delay=1.0))
+    async with checkout_job(api) as job:
+        assert 0 <= await job.retried() <= 50
+        record = await job.record()
+    assert (record.state, record.attempts, record.error) == ("retrying", 1, "timeout")
+    assert record.http_status is None
+
+
+async def test_the_last_allowed_attempt_fails_for_good(redis: Redis, api: Api) -> None:
+    api.answers.extend([Answer(500, {"message": "down"}), Answer(503, {"message": "down"})])
+    async with checkout_job(api, max_tries=2) as job:
+        await job.retried()
+        assert await job.run() == "failed"
+        record = await job.record()
+    assert (record.state, record.attempts, record.http_status) == ("failed", 2, 503)
+    assert record.error == "down (after 2 attempts)"
+    assert await dead_letter(redis, job.key)
+
+
+async def test_an_unreadable_2xx_fails_and_is_never_sent_again(redis: Redis, api: Api) -> None:
+    api.answers.append(Answer(201, b"<html>created</html>"))
+    async with checkout_job(api) as job:
+        assert await job.run() == "failed"
+        assert await job.run() == "failed"
+        record = await job.record()
+    assert (record.state, record.attempts, record.http_status) == ("failed", 1, 201)
+    assert record.error == "the API answered 201 but not with a readable checkout session"
+    assert record.response == "<html>created</html>"
+    assert await dead_letter(redis, job.key)
+    assert api.calls == 1
