@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 from redis.asyncio import Redis
 
 from paylinks.jobs import keys
@@ -22,10 +24,13 @@ class Outcomes:
         state: State,
         *,
         new_attempt: bool = False,
+        announce: Callable[[], None] | None = None,
         **fields: str | int | None,
     ) -> int:
         """Move `record` to `state`, storing `fields`; a final record is never moved again.
 
+        `announce` logs the outcome once it is stored and before the batch it may complete,
+        so that a batch's last checkout event comes before its `batch.completed`.
         Returns the record's attempts, counting a new one if asked.
         """
         pairs: list[str | int] = []
@@ -35,6 +40,8 @@ class Outcomes:
             keys=[keys.checkout_key(record.key), keys.batch_key(record.batch), keys.DEAD_LETTERS],
             args=[record.key, state.value, now_ms(), "1" if new_attempt else "0", *pairs],
         )
+        if announce:
+            announce()
         if all_ended:
             # Many workers may see the last counts together; only one completes the batch.
             await self.batches.complete(record.batch)

@@ -75,8 +75,8 @@ async def _create(deps: Deps, key: str) -> str:
     if record.state.final:
         # A run after a worker died between the record's last move and its batch's
         # completion: complete the batch now if it is due.
-        await deps.outcomes.batches.complete(record.batch)
         log.info("checkout.skipped", state=record.state.value)
+        await deps.outcomes.batches.complete(record.batch)
         return record.state.value
     if record.attempts >= deps.config.max_tries:
         await _fail(deps, record, log, record.attempts, f"gave up after {record.attempts} attempts")
@@ -147,7 +147,9 @@ async def _call(deps: Deps, record: Record) -> ApiAnswer | AuthError | str:
     try:
         return await deps.client.create_checkout_session(record.request.encode(), record.key)
     except (aiohttp.ClientError, TimeoutError) as e:
-        return "timeout" if isinstance(e, TimeoutError) else f"connection: {type(e).__name__}"
+        if isinstance(e, TimeoutError):
+            return "timeout"
+        return f"connection to {deps.client.address}: {type(e).__name__}"
     except AuthError as e:
         return e
 
@@ -166,9 +168,16 @@ async def _created(deps: Deps, record: Record, log: Any, answer: ApiAnswer, atte
         # from an API that ignores Idempotency-Key: a person looks at the kept answer.
         reason = f"the API answered {answer.status} but not with a readable checkout session"
         return await _fail(deps, record, log, attempt, reason, answer)
+
+    def announce() -> None:
+        if not session.url:
+            log.warning("checkout.incomplete", session_id=session.id, missing="url")
+        log.info("checkout.created", session_id=session.id, expires_at=session.expires_at)
+
     await deps.outcomes.move(
         record,
         State.CREATED,
+        announce=announce,
         session_id=session.id,
         url=session.url,
         expires_at=session.expires_at,
@@ -176,9 +185,6 @@ async def _created(deps: Deps, record: Record, log: Any, answer: ApiAnswer, atte
         http_status=answer.status,
         error=None,
     )
-    if not session.url:
-        log.warning("checkout.incomplete", session_id=session.id, missing="url")
-    log.info("checkout.created", session_id=session.id, expires_at=session.expires_at)
     return State.CREATED.value
 
 
@@ -218,14 +224,18 @@ async def _fail(
     status = answer.status if answer else None
     response = answer.body[:RESPONSE_KEPT].decode(errors="replace") if answer else None
     await deps.outcomes.move(
-        record, State.FAILED, error=reason, http_status=status, response=response
-    )
-    log.error(
-        "checkout.failed",
-        reason=reason,
+        record,
+        State.FAILED,
+        announce=lambda: log.error(
+            "checkout.failed",
+            reason=reason,
+            http_status=status,
+            attempt=attempt,
+            personal_data=_personal_data(record),
+        ),
+        error=reason,
         http_status=status,
-        attempt=attempt,
-        personal_data=_personal_data(record),
+        response=response,
     )
     return State.FAILED.value
 
