@@ -1,4 +1,4 @@
-"""Batches: opening and sealing one, its counts by state, and its completion signal."""
+"""Batches: sealing one, its counts by state, and its completion signal."""
 
 from __future__ import annotations
 
@@ -6,7 +6,6 @@ import time
 from typing import Any
 
 from redis.asyncio import Redis
-from redis.asyncio.client import Pipeline
 
 from paylinks.jobs import keys, queue
 from paylinks.jobs.logs import get_logger
@@ -25,36 +24,20 @@ class Batches:
         self.redis = redis
         self._complete = redis.register_script(lua("paylinks.jobs", "complete"))
 
-    async def open(self, batch: str, ttl_s: int, webhook_url: str | None = None) -> None:
-        """List the batch from its first request on, so `paylinks batches` shows it filling.
-
-        A batch id used before is opened again: it completes anew once the new requests,
-        and the ones it had, all ended.
-        """
-        now, ttl_ms = now_ms(), ttl_s * 1000
-        async with self.redis.pipeline(transaction=False) as pipe:
-            self._unseal(pipe, batch)
-            pipe.hsetnx(keys.batch_key(batch), "created_at", str(now))
-            if webhook_url:
-                pipe.hset(keys.batch_key(batch), "webhook_url", webhook_url)
-            pipe.pexpire(keys.batch_key(batch), ttl_ms)
-            pipe.zadd(keys.BATCHES, {batch: now}, nx=True)
-            pipe.zremrangebyscore(keys.BATCHES, 0, now - ttl_ms)
-            await pipe.execute()
-
     async def unseal(self, batch: str) -> None:
         """Hold the batch open while requests are added to it again."""
         async with self.redis.pipeline(transaction=True) as pipe:
-            self._unseal(pipe, batch)
+            pipe.hset(keys.batch_key(batch), "sealed", "0")
+            pipe.hdel(keys.batch_key(batch), "completed_at")
             await pipe.execute()
 
-    @staticmethod
-    def _unseal(pipe: Pipeline, batch: str) -> None:
-        pipe.hset(keys.batch_key(batch), "sealed", "0")
-        pipe.hdel(keys.batch_key(batch), "completed_at")
-
     async def seal(self, batch: str) -> bool:
-        """Every request of the batch is enqueued: from now on it can complete."""
+        """Every request of the batch is enqueued: from now on it can complete.
+
+        A batch that no request was ever enqueued into does not exist, and is not created.
+        """
+        if not await self.redis.exists(keys.batch_key(batch)):
+            return False
         await self.redis.hset(keys.batch_key(batch), "sealed", "1")  # type: ignore[misc]
         return await self.complete(batch)
 
