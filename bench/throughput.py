@@ -321,7 +321,7 @@ def _bodies(pairs: list[tuple[str, bytes]]) -> Iterator[dict[str, Any]]:
 
 def producer(services: Services) -> Producer:
     """paylinks' producer on the private Redis (the configuration's defaults otherwise)."""
-    return Producer(connect(services.redis_url), ProducerConfig())
+    return Producer(connect(services.redis_url), ProducerConfig(REDIS_URL=services.redis_url))
 
 
 async def measure_all(

@@ -51,7 +51,11 @@ def run_demo(file: str, *, workers: int = 2) -> int:
 
 
 def _spawn(command: list[str], log: BinaryIO) -> subprocess.Popen[bytes]:
-    return subprocess.Popen([sys.executable, "-m", "paylinks", *command], stderr=log)
+    # A session of its own, as Redis's: Ctrl-C reaches the demo alone, which stops the
+    # workers before the sandbox and Redis they need to finish.
+    return subprocess.Popen(
+        [sys.executable, "-m", "paylinks", *command], stderr=log, start_new_session=True
+    )
 
 
 def _stop(processes: list[subprocess.Popen[bytes]]) -> None:

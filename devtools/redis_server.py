@@ -54,8 +54,10 @@ class RedisServer:
             "--appendonly", "yes" if self.appendonly else "no",
             "--appendfsync", "everysec",
         ]  # fmt: skip
+        # Its own session: a Ctrl-C meant for the program that started it must not stop it
+        # before that program stopped what needs it.
         self.process = subprocess.Popen(
-            command, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL
+            command, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True
         )
         self._wait_until_ready()
         return self

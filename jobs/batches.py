@@ -1,4 +1,4 @@
-"""Batches: opening and sealing one, its counts by state, and its completion signal."""
+"""Batches: sealing one, its counts by state, and its completion signal."""
 
 from __future__ import annotations
 
@@ -6,7 +6,6 @@ import time
 from typing import Any
 
 from redis.asyncio import Redis
-from redis.asyncio.client import Pipeline
 
 from paylinks.jobs import layout, queue
 from paylinks.jobs.layout import BatchField, State
@@ -25,36 +24,20 @@ class Batches:
         self.redis = redis
         self._complete = redis.register_script(lua("paylinks.jobs", "complete"))
 
-    async def open(self, batch: str, ttl_s: int, webhook_url: str | None = None) -> None:
-        """List the batch from its first request on, so `paylinks batches` shows it filling.
-
-        A batch id used before is opened again: it completes anew once the new requests,
-        and the ones it had, all ended.
-        """
-        now, ttl_ms = now_ms(), ttl_s * 1000
-        async with self.redis.pipeline(transaction=False) as pipe:
-            self._unseal(pipe, batch)
-            pipe.hsetnx(layout.batch_key(batch), BatchField.CREATED_AT, str(now))
-            if webhook_url:
-                pipe.hset(layout.batch_key(batch), BatchField.WEBHOOK_URL, webhook_url)
-            pipe.pexpire(layout.batch_key(batch), ttl_ms)
-            pipe.zadd(layout.BATCHES, {batch: now}, nx=True)
-            pipe.zremrangebyscore(layout.BATCHES, 0, now - ttl_ms)
-            await pipe.execute()
-
     async def unseal(self, batch: str) -> None:
         """Hold the batch open while requests are added to it again."""
         async with self.redis.pipeline(transaction=True) as pipe:
-            self._unseal(pipe, batch)
+            pipe.hset(layout.batch_key(batch), BatchField.SEALED, "0")
+            pipe.hdel(layout.batch_key(batch), BatchField.COMPLETED_AT)
             await pipe.execute()
 
-    @staticmethod
-    def _unseal(pipe: Pipeline, batch: str) -> None:
-        pipe.hset(layout.batch_key(batch), BatchField.SEALED, "0")
-        pipe.hdel(layout.batch_key(batch), BatchField.COMPLETED_AT)
-
     async def seal(self, batch: str) -> bool:
-        """Every request of the batch is enqueued: from now on it can complete."""
+        """Every request of the batch is enqueued: from now on it can complete.
+
+        A batch that no request was ever enqueued into does not exist, and is not created.
+        """
+        if not await self.redis.exists(layout.batch_key(batch)):
+            return False
         await self.redis.hset(layout.batch_key(batch), BatchField.SEALED, "1")  # type: ignore[misc]
         return await self.complete(batch)
 

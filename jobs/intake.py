@@ -28,6 +28,11 @@ Numbered = tuple[int, Accepted | str]
 _PLACEHOLDER = re.compile(r"\{([^{}:]+)(:int)?\}")
 
 
+class InputError(ValueError):
+    """Input of which no line can be read (a template naming a column the CSV lacks): said
+    once, before any row, instead of once for every row."""
+
+
 def describe(error: ValidationError) -> str:
     """Each problem as `field.path: reason`, with the wire's field names."""
     parts = []
@@ -115,6 +120,11 @@ def read_csv(source: IO[bytes], template: Any) -> Iterator[Numbered]:
 
 def _read_rows(rows: Any, template: Any) -> Iterator[Numbered]:
     header: list[str] = next(rows, [])
+    missing = sorted(_columns(template) - set(header))
+    if missing:
+        raise InputError(
+            f"the template names column {', '.join(map(repr, missing))}, which the CSV header lacks"
+        )
     for cells in rows:
         line_number = rows.line_num
         if not any(cell.strip() for cell in cells):
@@ -125,12 +135,21 @@ def _read_rows(rows: Any, template: Any) -> Iterator[Numbered]:
         row = dict(zip(header, cells, strict=True))
         try:
             yield line_number, _accept_json(_render(template, row))
-        except KeyError as e:
-            yield line_number, f"the template names column {e.args[0]!r}, which the CSV lacks"
         except ValidationError as e:  # before ValueError, of which it is a kind
             yield line_number, describe(e)
         except ValueError as e:
             yield line_number, str(e)
+
+
+def _columns(template: Any) -> set[str]:
+    """Every column the template's placeholders name."""
+    if isinstance(template, str):
+        return {m.group(1) for m in _PLACEHOLDER.finditer(template)}
+    if isinstance(template, dict):
+        return set().union(*map(_columns, template.values()))
+    if isinstance(template, list):
+        return set().union(*map(_columns, template))
+    return set()
 
 
 def _render(template: Any, row: Mapping[str, str]) -> Any:

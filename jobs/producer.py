@@ -48,12 +48,20 @@ class EnqueueReport:
     rejected: list[Rejection] = field(default_factory=list)
     # Requests of this input that an earlier batch already holds, to wait for them too.
     duplicate_keys: list[str] = field(default_factory=list)
+    # Where those requests are: their batch ids, with how many of them each holds.
+    duplicate_batches: dict[str, int] = field(default_factory=dict)
+
+    @property
+    def opened(self) -> bool:
+        """Whether the batch exists: a run that enqueued nothing new opens none."""
+        return self.enqueued > 0
 
     def as_json(self) -> dict[str, Any]:
         return {
-            "batch": self.batch,
+            "batch": self.batch if self.opened else None,
             "enqueued": self.enqueued,
             "duplicates": self.duplicates,
+            "duplicate_batches": self.duplicate_batches,
             "rejected": [{"line": r.line, "error": r.error} for r in self.rejected],
         }
 
@@ -109,6 +117,8 @@ class Producer:
         """Validate and enqueue requests (wire-form dicts or models) as one batch.
 
         An invalid request is reported by its position (from 1) and does not stop the rest.
+        The batch exists only if something new was enqueued (`report.opened`); requests
+        enqueued before are where `report.duplicate_batches` says.
         """
         return await self.enqueue_numbered(_checked(requests), batch, webhook_url)
 
@@ -120,7 +130,6 @@ class Producer:
     ) -> EnqueueReport:
         """Enqueue numbered requests, as `jobs.intake` reads them from a file, as one batch."""
         report = EnqueueReport(batch or new_batch_id())
-        await self.batches.open(report.batch, self.config.result_ttl, webhook_url)
         chunk: list[tuple[int, Accepted]] = []
         # Redis runs a chunk's script while the next chunk is read and validated here; one
         # chunk at a time, so the batch keeps the input's order.
@@ -137,18 +146,26 @@ class Producer:
                 if len(chunk) >= PIPELINE_SIZE:
                     if sending:
                         await sending
-                    sending = asyncio.create_task(self._send(chunk, report))
+                    sending = asyncio.create_task(self._send(chunk, report, webhook_url))
                     chunk = []
             if sending:
                 await sending
             if chunk:
-                await self._send(chunk, report)
+                await self._send(chunk, report, webhook_url)
         finally:
             if sending and not sending.done():
                 await asyncio.wait([sending])
             # Even when reading the input failed half way: what was enqueued is the batch,
             # and it must be able to complete.
             await self.batches.seal(report.batch)
+        get_logger().info(
+            "batch.enqueued",
+            batch=report.batch if report.opened else None,
+            enqueued=report.enqueued,
+            duplicates=report.duplicates,
+            duplicate_batches=report.duplicate_batches,
+            rejected=len(report.rejected),
+        )
         return report
 
     async def status(self, batch: str) -> dict[str, Any] | None:
@@ -198,7 +215,9 @@ class Producer:
         async for record in iter_records(self.redis, batch):
             yield record.result()
 
-    async def _send(self, chunk: list[tuple[int, Accepted]], report: EnqueueReport) -> None:
+    async def _send(
+        self, chunk: list[tuple[int, Accepted]], report: EnqueueReport, webhook_url: str | None
+    ) -> None:
         now = now_ms()
         ttl_ms = self.config.result_ttl * 1000
         # arq's own serializer makes the job once per chunk; each job only differs by its key.
@@ -212,6 +231,7 @@ class Producer:
             layout.arq_job_key(""),
             before,
             after,
+            webhook_url or "",
         ]
         for key, (_, request) in zip(idempotency_keys, chunk, strict=True):
             args += [key, request.checkout_token, request.body]
@@ -220,6 +240,7 @@ class Producer:
                 layout.batch_key(report.batch),
                 layout.batch_members_key(report.batch),
                 layout.QUEUE,
+                layout.BATCHES,
             ],
             args=args,
         )
@@ -229,13 +250,15 @@ class Producer:
             token = request.checkout_token
             if i not in known:
                 report.enqueued += 1
-                log.info("checkout.enqueued", checkout_token=token, idempotency_key=key)
+                # One event a request is for debugging; the batch's summary is at INFO.
+                log.debug("checkout.enqueued", checkout_token=token, idempotency_key=key)
                 continue
             outcome, state, owner, *stored = known[i]
             if outcome == "duplicate" or _same_request(stored[0], request.body):
                 report.duplicates += 1
                 report.duplicate_keys.append(key)
-                log.info(
+                report.duplicate_batches[owner] = report.duplicate_batches.get(owner, 0) + 1
+                log.debug(
                     "checkout.duplicate",
                     checkout_token=token,
                     idempotency_key=key,

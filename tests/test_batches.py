@@ -111,7 +111,13 @@ async def test_the_invoice_export_is_enqueued_through_its_template(
 
     done, report = enqueue_csv(str(INVOICES), "--batch", "invoices", env=env)
     assert done.returncode == 0, done.stderr.decode()
-    assert report == {"batch": "invoices", "enqueued": 20, "duplicates": 0, "rejected": []}
+    assert report == {
+        "batch": "invoices",
+        "enqueued": 20,
+        "duplicates": 0,
+        "duplicate_batches": {},
+        "rejected": [],
+    }
 
     # A whole row, exactly as the README's template renders it.
     assert await stored_request(redis, "F-2026-004101") == {
@@ -171,7 +177,13 @@ async def test_the_invoice_export_is_enqueued_through_its_template(
 async def test_csv_from_standard_input(redis: Redis, env: dict[str, str]) -> None:
     done, report = enqueue_csv("-", "--batch", "from-stdin", env=env, input=INVOICES.read_bytes())
     assert done.returncode == 0, done.stderr.decode()
-    assert report == {"batch": "from-stdin", "enqueued": 20, "duplicates": 0, "rejected": []}
+    assert report == {
+        "batch": "from-stdin",
+        "enqueued": 20,
+        "duplicates": 0,
+        "duplicate_batches": {},
+        "rejected": [],
+    }
     status = status_of("from-stdin", env)
     assert (status["total"], status["queued"], status["done"]) == (20, 20, False)
     request = await stored_request(redis, "F-2026-004104")
@@ -205,7 +217,7 @@ async def test_a_bad_csv_row_is_named_by_its_csv_line_and_field(
     assert status["total"] == 2
 
 
-async def test_a_template_naming_a_missing_column_rejects_each_row_by_line(
+async def test_a_template_naming_a_missing_column_is_one_error_before_any_row(
     redis: Redis, env: dict[str, str], tmp_path: Path
 ) -> None:
     template = json.loads(TEMPLATE.read_text())
@@ -215,11 +227,11 @@ async def test_a_template_naming_a_missing_column_rejects_each_row_by_line(
     done = paylinks(
         "enqueue", str(INVOICES), "--template", str(path), "--json", env=env, timeout=30
     )
-    assert done.returncode == 1, done.stderr.decode()
-    report = json.loads(done.stdout)
-    assert report["enqueued"] == 0
-    assert [r["line"] for r in report["rejected"]] == list(range(2, 22))
-    assert all("'last_name'" in r["error"] for r in report["rejected"])
+    assert done.returncode == 2, done.stderr.decode()
+    assert done.stdout == b""
+    (line,) = done.stderr.decode().splitlines()
+    assert str(INVOICES) in line
+    assert "'last_name'" in line
     assert await redis.zcard(QUEUE) == 0
 
 
@@ -291,7 +303,7 @@ async def test_three_workers_signal_a_batch_completion_exactly_once(
     assert (stats["sessions"], stats["duplicate_tokens"]) == (60, 0)
 
 
-async def test_a_batch_of_only_duplicates_completes_at_once_when_enqueued(
+async def test_a_run_of_only_duplicates_opens_no_batch_and_names_where_they_are(
     redis: Redis, sandbox: Sandbox, env: dict[str, str]
 ) -> None:
     first_done, first = enqueue_csv(str(INVOICES), "--batch", "first", env=env)
@@ -300,35 +312,26 @@ async def test_a_batch_of_only_duplicates_completes_at_once_when_enqueued(
     again_done, again = enqueue_csv(str(INVOICES), "--batch", "again", env=env)
     assert again_done.returncode == 0, again_done.stderr.decode()
     assert (again["enqueued"], again["duplicates"], again["rejected"]) == (0, 20, [])
+    assert (again["batch"], again["duplicate_batches"]) == (None, {"first": 20})
 
-    again_status = status_of("again", env)
-    assert {k: again_status[k] for k in STATUS_FIELDS} == {
-        "batch": "again",
-        "total": 0,
-        "queued": 0,
-        "in_progress": 0,
-        "retrying": 0,
-        "created": 0,
-        "failed": 0,
-        "done": True,
-    }
-    assert status_of("first", env)["done"] is False
-    # The producer that sealed it signalled it, once, with its (empty) counts.
-    completed = completed_events(again_done.stderr.decode())
-    assert [(e["batch"], e["total"]) for e in completed] == [("again", 0)]
-    assert completed_events(first_done.stderr.decode()) == []
-    assert [(e["batch"], e["total"], e["created"]) for e in await completions(redis)] == [
-        ("again", "0", "0")
-    ]
-    assert results("again", env) == []
+    # No empty batch: no record, no entry in `paylinks batches`, no completion signal.
+    assert paylinks("status", "again", env=env).returncode == 1
+    assert [b["batch"] for b in map(json.loads, batches_listed(env))] == ["first"]
+    assert completed_events(again_done.stderr.decode()) == []
+    assert await completions(redis) == []
 
     logs = run_workers(env, 1)
     assert [e["batch"] for e in completed_events(*logs)] == ["first"]
     assert [(e["batch"], e["total"], e["created"]) for e in await completions(redis)] == [
-        ("again", "0", "0"),
         ("first", "20", "20"),
     ]
     assert (await sandbox.stats())["sessions"] == 20
+
+
+def batches_listed(env: dict[str, str]) -> list[str]:
+    done = paylinks("batches", "--json", env=env)
+    assert done.returncode == 0, done.stderr.decode()
+    return done.stdout.decode().splitlines()
 
 
 async def test_a_completed_batch_is_posted_to_its_webhook_signed_and_retried(

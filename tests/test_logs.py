@@ -129,7 +129,8 @@ def test_the_producer_logs_through_its_hosts_configuration_and_changes_none(
     assert host["structlog_untouched"] is True
     assert (host["root_handlers"], host["root_handler_kept"]) == (1, True)
     assert host["root_level"] == 30  # WARNING, Python's own default
-    assert host["events"] == ["checkout.enqueued", "checkout.enqueued"]
+    # The host's configuration filters nothing: the per-request events at DEBUG, the summary.
+    assert host["events"] == ["checkout.enqueued", "checkout.enqueued", "batch.enqueued"]
 
 
 @pytest.mark.usefixtures("redis")
@@ -141,6 +142,6 @@ def test_a_host_that_configures_no_logging_still_has_none_after_using_the_produc
     assert host["structlog_configured"] is False
     assert host["structlog_untouched"] is True
     assert (host["root_handlers"], host["root_level"]) == (0, 30)
-    # Its events still show, as JSON lines on stderr: stdout is the program's own.
+    # Its events at INFO still show, as JSON lines on stderr: stdout is the program's own.
     events = [json.loads(line) for line in str(host["stderr"]).splitlines()]
-    assert [e["event"] for e in events] == ["checkout.enqueued", "checkout.enqueued"]
+    assert [e["event"] for e in events] == ["batch.enqueued"]

@@ -49,8 +49,11 @@ def test_the_wheel_holds_one_top_level_package_with_its_scripts_and_types(wheel:
         "paylinks/devtools/demo.py",
         "paylinks/devtools/redis_server.py",
         "paylinks/devtools/ports.py",
+        "paylinks/examples/checkouts.jsonl",
     ):
         assert shipped in names
+    demo_input = zipfile.ZipFile(wheel).read("paylinks/examples/checkouts.jsonl")
+    assert demo_input == (ROOT / "examples" / "checkouts.jsonl").read_bytes()
     assert not [name for name in names if "__pycache__" in name or name.startswith("tests/")]
 
 
@@ -69,18 +72,21 @@ def test_a_host_with_its_own_jobs_and_worker_imports_paylinks(wheel: Path, tmp_p
         "import json, jobs, worker, paylinks\n"
         "from paylinks import CheckoutRequest, Producer, SyncProducer\n"
         "from paylinks.jobs.scripts import lua\n"
+        "from paylinks.worker.cli import DEMO_INPUT\n"
         "script = lua('paylinks.jobs', 'enqueue')\n"
-        "print(json.dumps([jobs.WHO, worker.WHO, paylinks.__file__, script]))\n"
+        "demo = DEMO_INPUT.read_text()\n"
+        "print(json.dumps([jobs.WHO, worker.WHO, paylinks.__file__, script, demo]))\n"
     )
     env = {"PYTHONPATH": str(site), "PATH": "/usr/bin:/bin"}
     done = subprocess.run(
         [sys.executable, "-c", code], cwd=app, env=env, capture_output=True, text=True
     )
     assert done.returncode == 0, done.stderr
-    host_jobs, host_worker, paylinks_file, script = json.loads(done.stdout)
+    host_jobs, host_worker, paylinks_file, script, demo = json.loads(done.stdout)
     assert host_jobs == host_worker == "the host application"
     assert paylinks_file == str(site / "paylinks" / "__init__.py")
     assert script == (ROOT / "jobs" / "lua" / "enqueue.lua").read_text()
+    assert demo == (ROOT / "examples" / "checkouts.jsonl").read_text()
 
     command = subprocess.run(
         [str(site / "bin" / "paylinks"), "--version"], cwd=app, env=env, capture_output=True

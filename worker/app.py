@@ -1,20 +1,27 @@
-"""arq's WorkerSettings for paylinks, and how a worker process starts from the configuration."""
+"""arq's settings for a paylinks worker, and how a worker process starts."""
 
 from __future__ import annotations
 
 import time
-from typing import Any, ClassVar
+from typing import Any
 
 from arq import func
 from arq.connections import RedisSettings
-from arq.worker import Function, run_worker
+from arq.worker import run_worker
 from redis.exceptions import RedisError
 
 from paylinks.jobs import layout, queue
-from paylinks.jobs.connection import RETRY_ON_ERROR, connect, restart_retry
+from paylinks.jobs.connection import (
+    RETRY_ON_ERROR,
+    RedisUnreachableError,
+    address,
+    check_reachable,
+    connect,
+    restart_retry,
+)
 from paylinks.jobs.logs import configure, get_logger
 from paylinks.worker.auth import access_tokens, credential_id
-from paylinks.worker.config import ConomyConfig, WorkerConfig
+from paylinks.worker.config import ConomyConfig, WorkerConfig, load
 from paylinks.worker.conomy import ConomyClient, open_http
 from paylinks.worker.outcomes import Outcomes
 from paylinks.worker.ratelimit import Limiter, RateLimit
@@ -48,25 +55,23 @@ async def shutdown(ctx: dict[str, Any]) -> None:
         await deps.redis.aclose()
 
 
-class WorkerSettings:
-    """arq reads these; `run` overrides what the configuration decides."""
-
-    functions: ClassVar[list[Function]] = [
+# What arq reads that no setting changes.
+FIXED: dict[str, Any] = {
+    "functions": [
         func(create_checkout_session, name=queue.JOB_FUNCTION),
         func(notify_batch_completed, name=queue.WEBHOOK_FUNCTION),
-    ]
-    queue_name = layout.QUEUE
-    on_startup = startup
-    on_shutdown = shutdown
-    job_serializer = queue.serialize
-    job_deserializer = queue.deserialize
+    ],
+    "queue_name": layout.QUEUE,
+    "on_startup": startup,
+    "on_shutdown": shutdown,
+    "job_serializer": queue.serialize,
+    "job_deserializer": queue.deserialize,
     # The checkout record is the result producers read; arq's copy would only take memory.
-    keep_result = 0
+    "keep_result": 0,
     # Short, so a request enqueued at low load starts within about 20 ms; an idle worker
     # pays 50 cheap ZRANGEBYSCOREs a second for it.
-    poll_delay = 0.02
-
-
+    "poll_delay": 0.02,
+}
 ARQ_MAX_RUNS = 1_000_000
 # Seconds between a worker losing Redis for good and starting again.
 RESTART_DELAY = 1.0
@@ -80,33 +85,70 @@ def redis_settings(url: str) -> RedisSettings:
     return settings
 
 
-def run(config: WorkerConfig, conomy: ConomyConfig, *, burst: bool = False) -> None:
-    secrets = [conomy.api_key.get_secret_value()]
+def worker_settings(config: WorkerConfig, conomy: ConomyConfig) -> dict[str, Any]:
+    """arq's settings for a paylinks worker: the one place `paylinks worker` and arq's own
+    CLI (`arq paylinks.worker.app.WorkerSettings`) take them from."""
+    return {
+        **FIXED,
+        "ctx": {"config": config, "conomy": conomy},
+        "redis_settings": redis_settings(str(config.redis_url)),
+        "max_jobs": config.concurrency,
+        "job_timeout": config.job_timeout,
+        # arq counts every run (a deferral for a slot, a Redis hiccup, a restart after
+        # SIGTERM) and drops the job silently past its cap. Our job caps attempts itself
+        # and records the failure, so arq's cap is only a last resort.
+        "max_tries": ARQ_MAX_RUNS,
+        # On SIGTERM: take no new job, give calls in flight this long, then cancel the rest
+        # (a cancelled job is queued again and resends its Idempotency-Key).
+        "job_completion_wait": config.shutdown_grace,
+    }
+
+
+def __getattr__(name: str) -> Any:
+    # `arq paylinks.worker.app.WorkerSettings`: arq takes its settings from this name before
+    # it starts, so the configuration is read when arq asks for them, not at import.
+    if name == "WorkerSettings":
+        config, conomy = load(WorkerConfig), load(ConomyConfig)
+        # arq's CLI then sets up its own loggers; paylinks' events are still redacted JSON.
+        configure(config.log_level, secrets(config, conomy))
+        return worker_settings(config, conomy)
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+
+
+def secrets(config: WorkerConfig, conomy: ConomyConfig) -> list[str]:
+    """Values the log must never show."""
+    values = [conomy.api_key.get_secret_value()]
     for secret in (conomy.access_token, conomy.client_secret, config.webhook_secret):
         if secret is not None:
-            secrets.append(secret.get_secret_value())
-    configure(config.log_level, secrets)
+            values.append(secret.get_secret_value())
+    return values
+
+
+def run(config: WorkerConfig, conomy: ConomyConfig, *, burst: bool = False) -> None:
+    """Run a worker; a burst worker whose Redis is not there or stays away raises
+    RedisUnreachableError, a long-running one waits for it."""
+    configure(config.log_level, secrets(config, conomy))
+    url = str(config.redis_url)
+    waiting_for = f"redis at {address(url)} (REDIS_URL)"
+    try:
+        check_reachable(url)
+    except RedisUnreachableError as e:
+        if burst:
+            raise
+        get_logger().warning("worker.waiting", reason=str(e), waiting_for=waiting_for)
     while True:
         try:
-            run_worker(
-                WorkerSettings,  # type: ignore[arg-type]
-                redis_settings=redis_settings(str(config.redis_url)),
-                ctx={"config": config, "conomy": conomy},
-                max_jobs=config.concurrency,
-                job_timeout=config.job_timeout,
-                # arq counts every run (a deferral for a slot, a Redis hiccup, a restart after
-                # SIGTERM) and drops the job silently past its cap. Our job caps attempts
-                # itself and records the failure, so arq's cap is only a last resort.
-                max_tries=ARQ_MAX_RUNS,
-                burst=burst,
-                # On SIGTERM: take no new job, give calls in flight this long, then cancel
-                # the rest (a cancelled job is queued again and resends its Idempotency-Key).
-                job_completion_wait=config.shutdown_grace,
-            )
+            run_worker(worker_settings(config, conomy), burst=burst)
             return
         except RedisError as e:
             # arq's poll loop ends on a Redis error its retries did not ride out (a WATCH
             # across a restart, or Redis away for longer). Jobs in flight have finished by
             # now; a new worker takes over where the queue stands.
-            get_logger().warning("worker.restarted", reason=f"redis: {type(e).__name__}")
+            if burst:
+                raise RedisUnreachableError(
+                    f"lost Redis at {address(url)} (REDIS_URL): {type(e).__name__}"
+                ) from None
+            get_logger().warning(
+                "worker.restarted", reason=f"redis: {type(e).__name__}", waiting_for=waiting_for
+            )
             time.sleep(RESTART_DELAY)

@@ -6,50 +6,79 @@ import argparse
 import asyncio
 import csv
 import gc
+import os
 import shutil
 import sys
 import tempfile
-from collections.abc import Callable, Coroutine, Iterator
-from contextlib import ExitStack, suppress
+from collections.abc import AsyncIterator, Callable, Coroutine, Iterator
+from contextlib import ExitStack, asynccontextmanager, suppress
+from importlib import resources
 from pathlib import Path
-from typing import IO, Any, TextIO, TypeVar
+from typing import IO, Any, TextIO
 
 import orjson
 import uvloop
-from pydantic import ValidationError
 from pydantic_settings import BaseSettings
 
 from paylinks import __version__
-from paylinks.jobs.config import ProducerConfig
+from paylinks.jobs.config import LogConfig, ProducerConfig
+from paylinks.jobs.connection import RedisUnreachableError, check_reachable
 from paylinks.jobs.deadletters import DeadLetters, dead_letters
-from paylinks.jobs.intake import Numbered, read_csv, read_json_lines
+from paylinks.jobs.intake import InputError, Numbered, read_csv, read_json_lines
 from paylinks.jobs.logs import configure
 from paylinks.jobs.producer import EnqueueReport, Producer, Rejection, new_batch_id
 from paylinks.jobs.records import RESULT_COLUMNS
-from paylinks.worker.config import ConomyConfig, WorkerConfig, describe
+from paylinks.worker.config import ConomyConfig, WorkerConfig, load, settings_help
 from paylinks.worker.progress import watch
 
-Config = TypeVar("Config", bound=BaseSettings)
-
+EXIT_FAILED = 1
 EXIT_REJECTED = 1
-EXIT_CONFIG = 2
+EXIT_NOT_FOUND = 1
+# Also argparse's code for a bad command line.
+EXIT_CANNOT_START = 2
+EXIT_INTERRUPTED = 130
+# What `paylinks demo` enqueues unless given a file. In the repository it is a link to
+# examples/checkouts.jsonl; the wheel holds the file itself.
+DEMO_INPUT = resources.files("paylinks") / "examples" / "checkouts.jsonl"
 
 
-def load(config: type[Config]) -> Config:
-    """The configuration from the environment, or one clear line and exit code 2."""
-    try:
-        return config()
-    except ValidationError as e:
-        print(f"paylinks: configuration error: {describe(e)}", file=sys.stderr)
-        raise SystemExit(EXIT_CONFIG) from None
+class CannotStartError(Exception):
+    """A command that cannot do its work (unreadable input, say): one line, exit code 2."""
 
 
 def print_json(value: Any, out: TextIO = sys.stdout) -> None:
     out.write(orjson.dumps(value).decode() + "\n")
 
 
-def producer() -> Producer:
-    return Producer.connect(load(ProducerConfig))
+@asynccontextmanager
+async def producer() -> AsyncIterator[Producer]:
+    config = load(ProducerConfig)
+    # Fails in seconds: the client's retries are for a Redis that restarts, not one that
+    # was never there.
+    check_reachable(str(config.redis_url))
+    async with Producer.connect(config) as p:
+        yield p
+
+
+def no_batch(batch: str) -> int:
+    print(f"paylinks: no batch {batch!r} (unknown or expired)", file=sys.stderr)
+    return EXIT_NOT_FOUND
+
+
+def open_input(path: str) -> IO[bytes]:
+    try:
+        return open(path, "rb")
+    except OSError as e:
+        raise CannotStartError(f"cannot read {path}: {e.strerror}") from None
+
+
+def read_template(path: str) -> Any:
+    try:
+        return orjson.loads(Path(path).read_bytes())
+    except OSError as e:
+        raise CannotStartError(f"cannot read the template {path}: {e.strerror}") from None
+    except orjson.JSONDecodeError as e:
+        raise CannotStartError(f"the template {path} is not valid JSON: {e}") from None
 
 
 def requests_in(source: IO[bytes], template: Any) -> Iterator[Numbered]:
@@ -57,64 +86,91 @@ def requests_in(source: IO[bytes], template: Any) -> Iterator[Numbered]:
 
 
 async def enqueue(args: argparse.Namespace) -> int:
-    template = orjson.loads(Path(args.template).read_bytes()) if args.template else None
+    template = read_template(args.template) if args.template else None
+    if template is None and args.file.lower().endswith(".csv"):
+        raise CannotStartError(
+            f"{args.file} is CSV: give --template T, a JSON template that maps its columns "
+            "into a request (README: Intake from CSV)"
+        )
     # Everything loaded so far lives as long as the process: keep the collector off it, so
     # that it does not walk those objects over and over while a large file streams by.
     gc.freeze()
-    async with producer() as p:
-        with ExitStack() as stack:
-            source: IO[bytes] = (
-                sys.stdin.buffer if args.file == "-" else stack.enter_context(open(args.file, "rb"))
-            )
-            rejected: list[Rejection] = []
-            if args.strict:
-                # Two passes, so standard input is kept on disk for the second one.
-                if not source.seekable():
-                    copy = stack.enter_context(tempfile.TemporaryFile())
-                    shutil.copyfileobj(source, copy)
-                    source = copy
-                rejected = [
-                    Rejection(n, r) for n, r in requests_in(source, template) if isinstance(r, str)
-                ]
-                source.seek(0)
-            report = (
-                EnqueueReport(args.batch or new_batch_id(), rejected=rejected)
-                if rejected
-                else await p.enqueue_numbered(
-                    requests_in(source, template), args.batch, args.webhook
-                )
-            )
-        print_report(report, args.json)
-        if args.wait and report.enqueued + report.duplicates:
-            failed = (await watch(p, report.batch))["failed"]
-            if report.duplicate_keys:
-                print(f"waiting for {report.duplicates} duplicates", file=sys.stderr)
-                earlier = await p.wait_for(report.duplicate_keys)
-                failed += earlier["failed"] + earlier["expired"]
-            return 1 if failed else 0
+    with ExitStack() as stack:
+        source = (
+            sys.stdin.buffer if args.file == "-" else stack.enter_context(open_input(args.file))
+        )
+        if args.strict and not source.seekable():
+            # Two passes, so standard input is kept on disk for the second one.
+            copy = stack.enter_context(tempfile.TemporaryFile())
+            shutil.copyfileobj(source, copy)
+            source = copy
+        async with producer() as p:
+            try:
+                report = await enqueue_from(p, args, source, template)
+            except InputError as e:
+                raise CannotStartError(f"{args.file}: {e}") from None
+            print_report(report, args.json)
+            if args.wait and (report.enqueued or report.duplicates):
+                return await wait_for_report(p, report)
     return EXIT_REJECTED if report.rejected else 0
+
+
+async def enqueue_from(
+    p: Producer, args: argparse.Namespace, source: IO[bytes], template: Any
+) -> EnqueueReport:
+    if args.strict:
+        source.seek(0)
+        rejected = [Rejection(n, r) for n, r in requests_in(source, template) if isinstance(r, str)]
+        if rejected:
+            return EnqueueReport(args.batch or new_batch_id(), rejected=rejected)
+        source.seek(0)
+    return await p.enqueue_numbered(requests_in(source, template), args.batch, args.webhook)
+
+
+async def wait_for_report(p: Producer, report: EnqueueReport) -> int:
+    """Until the batch and the requests enqueued before ended: 0 if every one was created."""
+    failed = 0
+    if report.opened:
+        failed += (await watch(p, report.batch))["failed"]
+    if report.duplicate_keys:
+        print(f"waiting for {report.duplicates} duplicates (in {where(report)})", file=sys.stderr)
+        earlier = await p.wait_for(report.duplicate_keys)
+        failed += earlier["failed"] + earlier["expired"]
+    return EXIT_FAILED if failed else 0
+
+
+def where(report: EnqueueReport) -> str:
+    named = ", ".join(report.duplicate_batches)
+    return f"batch {named}" if len(report.duplicate_batches) == 1 else f"batches {named}"
 
 
 def print_report(report: EnqueueReport, as_json: bool) -> None:
     if as_json:
         print_json(report.as_json())
-    else:
+        return
+    # The batch to look at: this run's, or, when it added nothing, the one holding it all.
+    if report.opened:
         print(report.batch)
-        for rejection in report.rejected:
-            print(f"line {rejection.line}: {rejection.error}", file=sys.stderr)
-        print(
-            f"enqueued {report.enqueued}, duplicates {report.duplicates}, "
-            f"rejected {len(report.rejected)}",
-            file=sys.stderr,
-        )
+    elif len(report.duplicate_batches) == 1:
+        print(*report.duplicate_batches)
+    for rejection in report.rejected:
+        print(f"line {rejection.line}: {rejection.error}", file=sys.stderr)
+    summary = (
+        f"enqueued {report.enqueued}, duplicates {report.duplicates}, "
+        f"rejected {len(report.rejected)}"
+    )
+    if report.duplicates:
+        summary += f"; the duplicates are in {where(report)}"
+    if not report.opened:
+        summary += "; nothing new, so no batch was opened"
+    print(summary, file=sys.stderr)
 
 
 async def status(args: argparse.Namespace) -> int:
     async with producer() as p:
         counts = await p.status(args.batch)
         if counts is None:
-            print(f"paylinks: no batch {args.batch!r} (unknown or expired)", file=sys.stderr)
-            return 1
+            return no_batch(args.batch)
         if args.json or not sys.stdout.isatty():
             print_json(counts)
         else:
@@ -140,6 +196,8 @@ async def batches(args: argparse.Namespace) -> int:
 
 async def results(args: argparse.Namespace) -> int:
     async with producer() as p:
+        if await p.status(args.batch) is None:
+            return no_batch(args.batch)
         with ExitStack() as stack:
             out = (
                 stack.enter_context(open(args.output, "w", newline=""))
@@ -173,13 +231,20 @@ async def list_dead_letters(args: argparse.Namespace) -> int:
 
 async def retry_dead_letters(args: argparse.Namespace) -> int:
     async with producer() as p:
+        if args.batch and await p.status(args.batch) is None:
+            return no_batch(args.batch)
         counts = await DeadLetters(p.redis, p.config).retry(batch=args.batch, token=args.token)
     print_json(counts)
+    if args.token and not counts["retried"] + counts["busy"]:
+        print(f"paylinks: {args.token!r} is not a dead letter", file=sys.stderr)
+        return EXIT_NOT_FOUND
     return 0
 
 
 async def purge_dead_letters(args: argparse.Namespace) -> int:
     async with producer() as p:
+        if args.batch and await p.status(args.batch) is None:
+            return no_batch(args.batch)
         purged = await DeadLetters(p.redis, p.config).purge(batch=args.batch)
     print_json({"purged": purged})
     return 0
@@ -207,11 +272,28 @@ def serve_sandbox(args: argparse.Namespace) -> int:
 def demo(args: argparse.Namespace) -> int:
     from paylinks.devtools.demo import run_demo
 
-    return run_demo(args.file, workers=args.workers)
+    try:
+        with resources.as_file(DEMO_INPUT) as packaged:
+            return run_demo(args.file or str(packaged), workers=args.workers)
+    except KeyboardInterrupt:
+        # The workers, the sandbox and Redis are stopped by now, in that order.
+        print("paylinks demo: interrupted", file=sys.stderr)
+        return EXIT_INTERRUPTED
 
 
 def in_loop(command: Callable[[argparse.Namespace], Coroutine[Any, Any, int]]) -> Any:
     return lambda args: asyncio.run(command(args))
+
+
+def add_command(
+    commands: Any, name: str, help: str, *settings: type[BaseSettings], note: str = ""
+) -> argparse.ArgumentParser:
+    """A subcommand whose --help ends with the environment variables it reads."""
+    epilog = settings_help(*settings) + (f"\n\n{note}" if note else "")
+    parser: argparse.ArgumentParser = commands.add_parser(
+        name, help=help, epilog=epilog, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    return parser
 
 
 def parser() -> argparse.ArgumentParser:
@@ -221,7 +303,9 @@ def parser() -> argparse.ArgumentParser:
     root.add_argument("--version", action="version", version=f"paylinks {__version__}")
     commands = root.add_subparsers(dest="command", required=True)
 
-    p = commands.add_parser("enqueue", help="validate checkout requests and enqueue a batch")
+    p = add_command(
+        commands, "enqueue", "validate checkout requests and enqueue a batch", ProducerConfig
+    )
     p.add_argument("file", help="JSON Lines (or CSV with --template) file, or - for stdin")
     p.add_argument("--batch", help="batch id (default: a new one)")
     p.add_argument("--json", action="store_true", help="print the report as one JSON object")
@@ -231,51 +315,62 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--webhook", help="POST the batch's completion here, signed (HMAC-SHA256)")
     p.set_defaults(run=in_loop(enqueue))
 
-    p = commands.add_parser("worker", help="run one worker process")
+    p = add_command(commands, "worker", "run one worker process", WorkerConfig, ConomyConfig)
     p.add_argument("--concurrency", type=int, help="jobs at once (PAYLINKS_CONCURRENCY)")
     p.add_argument("--burst", action="store_true", help="exit once nothing is left to do")
     p.set_defaults(run=worker)
 
-    p = commands.add_parser("status", help="a batch's counts by state")
+    p = add_command(commands, "status", "a batch's counts by state", ProducerConfig)
     p.add_argument("batch")
     p.add_argument("--json", action="store_true")
     p.set_defaults(run=in_loop(status))
 
-    p = commands.add_parser("batches", help="recent batches with their counts")
+    p = add_command(commands, "batches", "recent batches with their counts", ProducerConfig)
     p.add_argument("--limit", type=int, default=20)
     p.add_argument("--json", action="store_true", help="one JSON object a line")
     p.set_defaults(run=in_loop(batches))
 
-    p = commands.add_parser("results", help="one row per checkout request of a batch")
+    p = add_command(commands, "results", "one row per checkout request of a batch", ProducerConfig)
     p.add_argument("batch")
     p.add_argument("--format", choices=["jsonl", "csv"], default="jsonl")
     p.add_argument("-o", "--output", help="write to this file instead of stdout")
     p.set_defaults(run=in_loop(results))
 
-    dead = commands.add_parser("dead-letters", help="requests that failed for good")
+    dead = add_command(commands, "dead-letters", "requests that failed for good", ProducerConfig)
     actions = dead.add_subparsers(dest="action", required=True)
-    p = actions.add_parser("list", help="list dead letters, oldest first")
+    p = add_command(actions, "list", "list dead letters, oldest first", ProducerConfig)
     p.add_argument("--batch")
     p.add_argument("--json", action="store_true", help="one JSON object a line")
     p.set_defaults(run=in_loop(list_dead_letters))
-    p = actions.add_parser("retry", help="queue dead letters again under the same key")
+    p = add_command(actions, "retry", "queue dead letters again under the same key", ProducerConfig)
     which = p.add_mutually_exclusive_group()
     which.add_argument("--batch")
     which.add_argument("--token", help="one checkoutToken")
     p.set_defaults(run=in_loop(retry_dead_letters))
-    p = actions.add_parser("purge", help="forget dead letters (their records stay failed)")
-    p.add_argument("--batch")
+    p = add_command(
+        actions, "purge", "forget dead letters (their records stay failed)", ProducerConfig
+    )
+    which = p.add_mutually_exclusive_group(required=True)
+    which.add_argument("--batch", help="the dead letters of this batch")
+    which.add_argument("--all", action="store_true", help="every dead letter, of every batch")
     p.set_defaults(run=in_loop(purge_dead_letters))
 
     # The development tools stay out of the runtime: only their flags are read here.
     from paylinks.devtools import sandbox_options
 
-    p = commands.add_parser("sandbox", help="serve the local sandbox of the Conomy API")
+    p = add_command(commands, "sandbox", "serve the local sandbox of the Conomy API", LogConfig)
     sandbox_options.add_arguments(p)
     p.set_defaults(run=serve_sandbox)
 
-    p = commands.add_parser("demo", help="run a whole batch end to end on private services")
-    p.add_argument("--file", default="examples/checkouts.jsonl")
+    p = add_command(
+        commands,
+        "demo",
+        "run a whole batch end to end on private services",
+        WorkerConfig,
+        note="With REDIS_URL unset the demo starts a private redis-server; it sets the "
+        "CONOMY_ variables to its own sandbox's.",
+    )
+    p.add_argument("--file", help="JSON Lines to enqueue (default: the demo's 240 invoices)")
     p.add_argument("--workers", type=int, default=2)
     p.set_defaults(run=demo)
     return root
@@ -283,11 +378,23 @@ def parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> None:
     args = parser().parse_args(argv)
-    # The application configures logging, for every command: the library never does.
-    configure()
     # uvloop's event loop costs a tenth less CPU per checkout session (make bench).
     asyncio.set_event_loop_policy(uvloop.EventLoopPolicy())
-    sys.exit(args.run(args))
+    # The application configures logging, for every command: the library never does.
+    configure(load(LogConfig).log_level)
+    try:
+        code = args.run(args)
+        # Written out here, where a reader that went away is caught, not at exit.
+        sys.stdout.flush()
+    except (CannotStartError, RedisUnreachableError) as e:
+        print(f"paylinks: {e}", file=sys.stderr)
+        code = EXIT_CANNOT_START
+    except BrokenPipeError:
+        # The reader went away (`| head`): not worth a traceback. Python's recipe: point
+        # stdout at devnull so that the flush at exit does not fail a second time.
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        code = EXIT_FAILED
+    sys.exit(code)
 
 
 if __name__ == "__main__":

@@ -1,6 +1,7 @@
 """Settings the worker needs: the Conomy credentials and the worker's own knobs."""
 
-from typing import Self
+import sys
+from typing import Self, TypeVar
 
 from pydantic import (
     AnyHttpUrl,
@@ -15,6 +16,9 @@ from pydantic import (
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from paylinks.jobs.config import ProducerConfig
+
+Config = TypeVar("Config", bound=BaseSettings)
+EXIT_CONFIG = 2
 
 SANDBOX_BASE_URL = "https://api.conomyhq.com/sandbox"
 
@@ -73,7 +77,15 @@ class WorkerConfig(ProducerConfig):
     rate_max_wait: PositiveFloat = 20
     # Signs the POST to a batch's webhook (enqueue --webhook), HMAC-SHA256.
     webhook_secret: SecretStr | None = None
-    log_level: str = "INFO"
+
+
+def load(config: type[Config]) -> Config:
+    """The configuration from the environment, or one clear line and exit code 2."""
+    try:
+        return config()
+    except ValidationError as e:
+        print(f"paylinks: configuration error: {describe(e)}", file=sys.stderr)
+        raise SystemExit(EXIT_CONFIG) from None
 
 
 def describe(error: ValidationError) -> str:
@@ -81,7 +93,7 @@ def describe(error: ValidationError) -> str:
     prefix = "CONOMY_" if error.title == ConomyConfig.__name__ else "PAYLINKS_"
     parts = []
     for e in error.errors():
-        message = e["msg"].removeprefix("Value error, ")
+        message = "not set" if e["type"] == "missing" else e["msg"].removeprefix("Value error, ")
         if not e["loc"]:
             parts.append(message)
             continue
@@ -89,3 +101,23 @@ def describe(error: ValidationError) -> str:
         name = field if field.isupper() else prefix + field.upper()
         parts.append(f"{name}: {message}")
     return "; ".join(parts)
+
+
+def settings_help(*models: type[BaseSettings]) -> str:
+    """The environment variables these models read, for a command's --help."""
+    lines = ["settings (environment variables):"]
+    for model in models:
+        prefix = model.model_config.get("env_prefix") or ""
+        for name, field in model.model_fields.items():
+            alias = field.validation_alias
+            variable = alias if isinstance(alias, str) else (prefix + name).upper()
+            if field.is_required():
+                value = "required"
+            elif field.default is None:
+                value = "unset by default"
+            elif isinstance(field.default, bool):
+                value = f"default {str(field.default).lower()}"
+            else:
+                value = f"default {field.default}"
+            lines.append(f"  {variable:<28} {value}")
+    return "\n".join(lines)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
+from urllib.parse import urlsplit
 
 import aiohttp
 import orjson
@@ -51,6 +52,9 @@ class ConomyClient:
         self, config: ConomyConfig, http: aiohttp.ClientSession, tokens: AccessTokens
     ) -> None:
         self.url = config.checkout_sessions_url
+        # Where a failed connection was headed, for its reason (no path, no credentials).
+        parts = urlsplit(self.url)
+        self.address = f"{parts.hostname}:{parts.port or (443 if parts.scheme == 'https' else 80)}"
         self.idempotency_header = config.idempotency_header
         self.failure_url_field = config.failure_url_field
         self.http = http

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 
 from redis.asyncio import Redis
 
@@ -26,9 +26,12 @@ class Outcomes:
         fields: Mapping[RecordField, str | int | None] | None = None,
         *,
         new_attempt: bool = False,
+        announce: Callable[[], None] | None = None,
     ) -> int:
         """Move `record` to `state`, storing `fields`; a final record is never moved again.
 
+        `announce` logs the outcome once it is stored and before the batch it may complete,
+        so that a batch's last checkout event comes before its `batch.completed`.
         Returns the record's attempts, counting a new one if asked.
         """
         pairs: list[str | int] = []
@@ -42,6 +45,8 @@ class Outcomes:
             ],
             args=[record.key, state.value, now_ms(), "1" if new_attempt else "0", *pairs],
         )
+        if announce:
+            announce()
         if all_ended:
             # Many workers may see the last counts together; only one completes the batch.
             await self.batches.complete(record.batch)

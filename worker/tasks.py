@@ -87,8 +87,8 @@ async def _create(deps: Deps, key: str) -> str:
     if record.state.final:
         # A run after a worker died between the record's last move and its batch's
         # completion: complete the batch now if it is due.
-        await deps.outcomes.batches.complete(record.batch)
         log.info("checkout.skipped", state=record.state.value)
+        await deps.outcomes.batches.complete(record.batch)
         return record.state.value
     if record.attempts >= deps.config.max_tries:
         last = Attempt(deps, record, log, record.attempts, time.monotonic())
@@ -123,9 +123,9 @@ async def _call(deps: Deps, record: Record) -> Answer:
     try:
         return await deps.client.create_checkout_session(record.request.encode(), record.key)
     except (aiohttp.ClientError, TimeoutError) as e:
-        return NoAnswer(
-            "timeout" if isinstance(e, TimeoutError) else f"connection: {type(e).__name__}"
-        )
+        if isinstance(e, TimeoutError):
+            return NoAnswer("timeout")
+        return NoAnswer(f"connection to {deps.client.address}: {type(e).__name__}")
     except AuthError as e:
         return e
 
@@ -184,6 +184,12 @@ class Attempt:
             # one from an API that ignores Idempotency-Key: a person looks at the kept answer.
             reason = f"the API answered {answer.status} but not with a readable checkout session"
             return await self.fail(reason, answer)
+
+        def announce() -> None:
+            if not session.url:
+                self.log.warning("checkout.incomplete", session_id=session.id, missing="url")
+            self.log.info("checkout.created", session_id=session.id, expires_at=session.expires_at)
+
         await self.deps.outcomes.move(
             self.record,
             State.CREATED,
@@ -195,10 +201,8 @@ class Attempt:
                 RecordField.HTTP_STATUS: answer.status,
                 RecordField.ERROR: None,
             },
+            announce=announce,
         )
-        if not session.url:
-            self.log.warning("checkout.incomplete", session_id=session.id, missing="url")
-        self.log.info("checkout.created", session_id=session.id, expires_at=session.expires_at)
         return State.CREATED.value
 
     async def retry(self, reason: str, answer: ApiAnswer | None = None) -> str:
@@ -236,13 +240,13 @@ class Attempt:
                 RecordField.HTTP_STATUS: status,
                 RecordField.RESPONSE: response,
             },
-        )
-        self.log.error(
-            "checkout.failed",
-            reason=reason,
-            http_status=status,
-            attempt=self.number,
-            personal_data=self._personal_data(),
+            announce=lambda: self.log.error(
+                "checkout.failed",
+                reason=reason,
+                http_status=status,
+                attempt=self.number,
+                personal_data=self._personal_data(),
+            ),
         )
         return State.FAILED.value
 

@@ -1,24 +1,26 @@
 -- Record a chunk of checkout requests and queue their arq jobs; a token already known is
 -- reported, not queued again. One call per chunk keeps intake to one round trip per chunk.
 -- Record and job keys are built here from their prefixes (so a non-cluster Redis only).
--- KEYS: batch counters, batch members, arq queue
+-- The batch is opened with its first new request: a run that adds none leaves no batch.
+-- KEYS: batch counters, batch members, arq queue, recent batches
 -- ARGV: batch id, now (ms), ttl (ms), checkout record key prefix, arq job key prefix,
---       arq job payload before and after its key, then per request: key, checkoutToken, body
+--       arq job payload before and after its key, webhook url (or ''),
+--       then per request: key, checkoutToken, body
 -- Returns only the requests not enqueued, each {position in the chunk (from 1),
 -- outcome (duplicate|conflict), the record's state, the record's batch, and for a conflict
 -- the record's body}: most chunks are all new, and an answer per request cost more than the
 -- rest of the reply.
 -- Names of fields and states as in paylinks/jobs/layout.py (tests/test_layout.py checks).
-local batch, now, ttl = ARGV[1], ARGV[2], ARGV[3]
+local batch, now, ttl, webhook = ARGV[1], ARGV[2], ARGV[3], ARGV[8]
 local answers, members, scored = {}, {}, {}
-for i = 8, #ARGV, 3 do
+for i = 9, #ARGV, 3 do
   local key, token, body = ARGV[i], ARGV[i + 1], ARGV[i + 2]
   local record = ARGV[4] .. key
   if redis.call('EXISTS', record) == 1 then
     -- Bodies are canonical JSON, so the same request is the same string. A record of an
     -- earlier release may hold it in another key order: the producer compares those parsed.
     local known = redis.call('HMGET', record, 'state', 'request', 'batch')
-    local position = (i - 5) / 3
+    local position = (i - 6) / 3
     if known[2] == body then
       answers[#answers + 1] = {position, 'duplicate', known[1], known[3]}
     else
@@ -36,6 +38,15 @@ for i = 8, #ARGV, 3 do
 end
 -- One variadic call each for the chunk (at most 500 requests: well within unpack's limit).
 if #members > 0 then
+  -- Held open until the producer seals it after its last chunk, so that it completes once.
+  redis.call('HSET', KEYS[1], 'sealed', '0')
+  redis.call('HDEL', KEYS[1], 'completed_at')
+  redis.call('HSETNX', KEYS[1], 'created_at', now)
+  if webhook ~= '' then
+    redis.call('HSET', KEYS[1], 'webhook_url', webhook)
+  end
+  redis.call('ZADD', KEYS[4], 'NX', now, batch)
+  redis.call('ZREMRANGEBYSCORE', KEYS[4], 0, tonumber(now) - tonumber(ttl))
   redis.call('RPUSH', KEYS[2], unpack(members))
   redis.call('ZADD', KEYS[3], unpack(scored))
   redis.call('HINCRBY', KEYS[1], 'total', #members)
