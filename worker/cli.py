@@ -207,6 +207,13 @@ def serve_sandbox(args: argparse.Namespace) -> int:
     return 0
 
 
+def dashboard(args: argparse.Namespace) -> int:
+    # aiohttp's server and jinja2: only this command needs them.
+    from paylinks.dashboard.app import DashboardConfig, serve
+
+    return serve(load(DashboardConfig), args.host, args.port, read_only=args.read_only)
+
+
 def demo(args: argparse.Namespace) -> int:
     from paylinks.worker.demo import run_demo
 
@@ -273,6 +280,12 @@ def parser() -> argparse.ArgumentParser:
     p = commands.add_parser("sandbox", help="serve the local sandbox of the Conomy API")
     sandbox_options.add_arguments(p)
     p.set_defaults(run=serve_sandbox)
+
+    p = commands.add_parser("dashboard", help="serve the web dashboard over the fleet's Redis")
+    p.add_argument("--host", default="127.0.0.1", help="address (default: %(default)s)")
+    p.add_argument("--port", type=int, default=8700, help="port (default: %(default)s)")
+    p.add_argument("--read-only", action="store_true", help="show, but offer and accept no action")
+    p.set_defaults(run=dashboard)
 
     p = commands.add_parser("demo", help="run a whole batch end to end on private services")
     p.add_argument("--file", default="examples/checkouts.jsonl")
