@@ -22,7 +22,8 @@ HEADERS = {
     ),
     "X-Frame-Options": "DENY",
     "X-Content-Type-Options": "nosniff",
-    "Referrer-Policy": "no-referrer",
+    # Not no-referrer: under it a browser sends `Origin: null` with a form, refused below.
+    "Referrer-Policy": "same-origin",
     "Cache-Control": "no-store",
 }
 
