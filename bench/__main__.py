@@ -20,13 +20,14 @@ Section = Callable[[Services, bool], Awaitable[dict[str, Any]]]
 
 
 def sections() -> dict[str, Section]:
-    from bench import intake, latency, ratelimit, throughput
+    from bench import dashboard, intake, latency, ratelimit, throughput
 
     return {
         "intake": intake.run,
         "throughput": throughput.run,
         "latency": latency.run,
         "ratelimit": ratelimit.run,
+        "dashboard": dashboard.run,
     }
 
 

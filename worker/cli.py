@@ -269,6 +269,13 @@ def serve_sandbox(args: argparse.Namespace) -> int:
     return 0
 
 
+def dashboard(args: argparse.Namespace) -> int:
+    # aiohttp's server and jinja2: only this command needs them.
+    from paylinks.dashboard.app import DashboardConfig, serve
+
+    return serve(load(DashboardConfig), args.host, args.port, read_only=args.read_only)
+
+
 def demo(args: argparse.Namespace) -> int:
     from paylinks.devtools.demo import run_demo
 
@@ -361,6 +368,19 @@ def parser() -> argparse.ArgumentParser:
     p = add_command(commands, "sandbox", "serve the local sandbox of the Conomy API", LogConfig)
     sandbox_options.add_arguments(p)
     p.set_defaults(run=serve_sandbox)
+
+    p = add_command(
+        commands,
+        "dashboard",
+        "serve the web dashboard over the fleet's Redis",
+        ProducerConfig,
+        note="Also PAYLINKS_DASHBOARD_TOKEN (required off loopback) and "
+        "PAYLINKS_HEALTH_CHECK_INTERVAL (README: Dashboard).",
+    )
+    p.add_argument("--host", default="127.0.0.1", help="address (default: %(default)s)")
+    p.add_argument("--port", type=int, default=8700, help="port (default: %(default)s)")
+    p.add_argument("--read-only", action="store_true", help="show, but offer and accept no action")
+    p.set_defaults(run=dashboard)
 
     p = add_command(
         commands,

@@ -1,0 +1,123 @@
+"""One checkout request as the dashboard may show it: never its body, so no personal data."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import orjson
+from redis.asyncio import Redis
+
+from paylinks.jobs import layout
+from paylinks.jobs.logs import EMAIL, REDACTED
+from paylinks.jobs.models import personal_data
+
+# The only record fields read for display: the body (`request`) and the API's raw answer
+# (`response`) can hold the customer's personal data, so they are never in this list.
+# `error_type`, `error_code` and `trace_id` are shown once the worker records them.
+ROW_FIELDS = ("checkout_token", "state", "attempts", "http_status", "error", "error_type")
+SHOWN_FIELDS = (
+    *ROW_FIELDS,
+    "batch",
+    "enqueued_at",
+    "updated_at",
+    "error_code",
+    "trace_id",
+    "session_id",
+    "url",
+    "expires_at",
+)
+
+
+def scrub(text: str | None, personal: Sequence[str] = ()) -> str | None:
+    """An API message with the customer's values and any e-mail address taken out: an API
+    may quote the request back in its error."""
+    if not text:
+        return text
+    for value in personal:
+        text = text.replace(value, REDACTED)
+    return EMAIL.sub(REDACTED, text) if "@" in text else text
+
+
+@dataclass(frozen=True)
+class RequestRow:
+    key: str
+    fields: dict[str, str | None]
+
+    def __getattr__(self, name: str) -> str | None:
+        # Templates read fields as attributes; an absent one is None.
+        return self.fields.get(name)
+
+
+async def read_rows(redis: Redis, page_keys: list[str]) -> list[RequestRow]:
+    """Requests for a list, one round trip, with errors scrubbed of e-mail addresses."""
+    async with redis.pipeline(transaction=False) as pipe:
+        for key in page_keys:
+            pipe.hmget(layout.checkout_key(key), list(ROW_FIELDS))
+        values: list[list[str | None]] = await pipe.execute()
+    rows = []
+    for key, found in zip(page_keys, values, strict=True):
+        if found[1] is None:  # expired since it was listed
+            continue
+        fields = dict(zip(ROW_FIELDS, found, strict=True))
+        fields["error"] = scrub(fields["error"])
+        rows.append(RequestRow(key, fields))
+    return rows
+
+
+def api_details(response: str | None) -> dict[str, str]:
+    """`type`, `code` and `traceId` from the API's error answer, if it is JSON that has them;
+    nothing else of the answer is kept."""
+    try:
+        answer = orjson.loads(response or "")
+    except orjson.JSONDecodeError:
+        return {}
+    if not isinstance(answer, dict):
+        return {}
+    error = answer.get("error")
+    places = [error, answer] if isinstance(error, dict) else [answer]
+    found = {}
+    for name, field in (("type", "error_type"), ("code", "error_code"), ("traceId", "trace_id")):
+        for place in places:
+            value: Any = place.get(name)
+            if isinstance(value, str | int) and not isinstance(value, bool):
+                found[field] = str(value)
+                break
+    return found
+
+
+async def read_request(redis: Redis, key: str) -> RequestRow | None:
+    """A request's shown fields; its body is read only to know what to scrub, never shown."""
+    record = layout.checkout_key(key)
+    async with redis.pipeline(transaction=False) as pipe:
+        pipe.hmget(record, list(SHOWN_FIELDS))
+        pipe.hmget(record, ["request", "response"])
+        shown, (body, response) = await pipe.execute()
+    if shown[1] is None:
+        return None
+    fields = dict(zip(SHOWN_FIELDS, shown, strict=True))
+    for name, value in api_details(response).items():
+        fields[name] = fields[name] or value
+    try:
+        parsed = orjson.loads(body or "")
+    except orjson.JSONDecodeError:
+        parsed = None
+    personal = _personal(parsed) if isinstance(parsed, dict) else []
+    fields["error"] = scrub(fields["error"], personal)
+    return RequestRow(key, fields)
+
+
+def _personal(body: dict[str, Any]) -> list[str]:
+    """personal_data, plus the customer's names, which an API message may quote too."""
+    customer = body.get("customer") or {}
+    names = (
+        [customer.get("firstName"), customer.get("lastName")] if isinstance(customer, dict) else []
+    )
+    return [*personal_data(body), *(n for n in names if isinstance(n, str) and len(n) > 2)]
+
+
+async def find_by_token(redis: Redis, token: str) -> str | None:
+    """The idempotency key of a checkoutToken that has a record: one lookup, no scan."""
+    key = layout.idempotency_key(token)
+    return key if await redis.exists(layout.checkout_key(key)) else None

@@ -1,0 +1,295 @@
+"""The dashboard over HTTP: its pages on a real batch, and who may see them and act from them."""
+
+from __future__ import annotations
+
+import re
+import subprocess
+import sys
+from collections.abc import AsyncIterator, Iterator
+from contextlib import asynccontextmanager, contextmanager
+from pathlib import Path
+from typing import Any
+
+import aiohttp
+from redis.asyncio import Redis
+
+from paylinks.devtools.ports import free_port, wait_for_port
+from paylinks.jobs import layout
+from tests.conftest import ROOT, Sandbox, paylinks
+from tests.test_end_to_end import enqueue, example_requests, run_workers, write_requests
+
+TOKEN = "dashboard-token-for-the-tests-0123456789"
+REFUSED = [f"REFUSE-{i}" for i in range(3)]
+
+
+@contextmanager
+def dashboard(env: dict[str, str], *args: str) -> Iterator[str]:
+    """A `paylinks dashboard` process on a free loopback port; its base url."""
+    port = free_port()
+    process = subprocess.Popen(
+        [sys.executable, "-m", "paylinks", "dashboard", "--port", str(port), *args],
+        env=env,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+        cwd=ROOT,
+    )
+    try:
+        wait_for_port(port)
+        yield f"http://127.0.0.1:{port}"
+    finally:
+        process.terminate()
+        process.wait(10)
+
+
+@asynccontextmanager
+async def browser_like(base: str) -> AsyncIterator[aiohttp.ClientSession]:
+    """An HTTP client that keeps cookies as a browser does (also for a loopback address)."""
+    async with aiohttp.ClientSession(
+        base, cookie_jar=aiohttp.CookieJar(unsafe=True), headers={"Accept": "text/html"}
+    ) as http:
+        yield http
+
+
+async def text(http: aiohttp.ClientSession, path: str, status: int = 200) -> str:
+    async with http.get(path, allow_redirects=False) as response:
+        body = await response.text()
+        assert response.status == status, body[:500]
+        return body
+
+
+def csrf_of(page: str) -> str:
+    found = re.search(r'name="csrf" value="([^"]+)"', page)
+    assert found, "no CSRF token on the page"
+    return found.group(1)
+
+
+async def run_refused_batch(
+    sandbox: Sandbox, env: dict[str, str], tmp_path: Path
+) -> tuple[str, list[dict[str, Any]]]:
+    requests = example_requests(5)
+    for token, request in zip(REFUSED, requests, strict=False):
+        request["checkoutToken"] = token
+    await sandbox.faults(reject_prefix="REFUSE-")
+    batch: str = enqueue(write_requests(tmp_path / "refused.jsonl", requests), env)["batch"]
+    run_workers(env, 1)
+    return batch, requests
+
+
+def personal_values(requests: list[dict[str, Any]]) -> list[str]:
+    found = []
+    for request in requests:
+        customer = request.get("customer") or {}
+        for field in ("email", "phoneNumber", "documentNumber", "firstName", "lastName"):
+            if customer.get(field):
+                found.append(customer[field])
+    assert found
+    return found
+
+
+def test_it_refuses_to_listen_beyond_this_host_without_a_token(env: dict[str, str]) -> None:
+    done = paylinks("dashboard", "--host", "0.0.0.0", "--port", str(free_port()), env=env)
+    assert done.returncode == 2
+    lines = done.stderr.decode().strip().splitlines()
+    assert len(lines) == 1
+    assert "PAYLINKS_DASHBOARD_TOKEN" in lines[0]
+
+
+async def test_the_pages_show_a_batch_its_failures_and_requests_without_personal_data(
+    redis: Redis, sandbox: Sandbox, env: dict[str, str], tmp_path: Path
+) -> None:
+    batch, requests = await run_refused_batch(sandbox, env, tmp_path)
+    with dashboard(env) as base:
+        async with browser_like(base) as http:
+            pages = {}
+            listing = pages["list"] = await text(http, "/")
+            assert batch in listing
+            assert "completed " in listing
+
+            page = pages["batch"] = await text(http, f"/batches/{batch}")
+            # The failures, grouped: one reason, three requests, the API's code shown.
+            assert re.search(r"<td>3</td><td>400</td><td></td><td>invalid_request</td>", page)
+            assert "is not an identity of this account" in page
+            for token in (*REFUSED, requests[4]["checkoutToken"]):
+                assert token in page
+
+            found = pages["search"] = await text(http, f"/batches/{batch}?token=REFUSE-1")
+            listed = found.split("<h2>Requests</h2>")[1]
+            assert "REFUSE-1" in listed
+            assert "REFUSE-2" not in listed
+
+            key = layout.idempotency_key("REFUSE-0")
+            async with http.get("/search?token=REFUSE-0", allow_redirects=False) as response:
+                assert response.status == 303
+                assert response.headers["Location"] == f"/requests/{key}"
+            one = pages["request"] = await text(http, f"/requests/{key}")
+            for shown in ("failed", "400", "invalid_request", key, batch, "Retry it"):
+                assert shown in one
+            created = layout.idempotency_key(requests[4]["checkoutToken"])
+            link = pages["created"] = await text(http, f"/requests/{created}")
+            session = await redis.hgetall(layout.checkout_key(created))  # type: ignore[misc]
+            assert session["session_id"] in link
+            assert session["url"] in link
+
+            letters = pages["letters"] = await text(http, f"/dead-letters?batch={batch}")
+            assert all(token in letters for token in REFUSED)
+            fleet = pages["fleet"] = await text(http, "/fleet")
+            assert "0 jobs, 0 due now" in fleet
+
+            async with http.get(f"/api/batches?id={batch}") as response:
+                status = (await response.json())[batch]
+            assert (status["total"], status["created"], status["failed"]) == (5, 2, 3)
+            assert status["done"] is True
+
+            async with http.get(f"/batches/{batch}/results.csv") as response:
+                assert response.headers["Content-Type"].startswith("text/csv")
+                csv = await response.text()
+            expected = paylinks("results", batch, "--format", "csv", env=env).stdout.decode()
+            assert csv.splitlines() == expected.splitlines()
+
+            await text(http, "/batches/no-such-batch", 404)
+            await text(http, "/requests/no-such-key", 404)
+
+    for name, html in pages.items():
+        for value in personal_values(requests):
+            assert value not in html, f"{value!r} on the {name} page"
+
+
+async def test_without_the_token_a_request_gets_401_and_no_data(
+    redis: Redis, sandbox: Sandbox, env: dict[str, str], tmp_path: Path
+) -> None:
+    batch, _ = await run_refused_batch(sandbox, env, tmp_path)
+    key = layout.idempotency_key("REFUSE-0")
+    paths = [
+        "/",
+        f"/batches/{batch}",
+        f"/batches/{batch}/results.csv",
+        f"/api/batches?id={batch}",
+        f"/requests/{key}",
+        "/search?token=REFUSE-0",
+        "/dead-letters",
+        "/fleet",
+    ]
+    with dashboard(env | {"PAYLINKS_DASHBOARD_TOKEN": TOKEN}) as base:
+        async with browser_like(base) as http:
+            for path in paths:
+                for headers in ({}, {"Authorization": "Bearer not-the-token"}):
+                    async with http.get(path, headers=headers, allow_redirects=False) as response:
+                        body = await response.text()
+                        assert response.status == 401, path
+                        assert "set-cookie" not in response.headers
+                    # The login form sends the browser back to the path asked for, and only that.
+                    for secret in (batch, "REFUSE-0", key, "invalid_request"):
+                        assert secret in path or secret not in body, (path, secret)
+            for action in ("/dead-letters/retry", "/dead-letters/purge"):
+                async with http.post(action, data={"batch": batch}) as response:
+                    assert response.status == 401
+            assert await redis.zcard(layout.DEAD_LETTERS) == 3
+
+            # A wrong token at the login form: still nothing.
+            async with http.post("/login", data={"token": "wrong", "next": "/"}) as response:
+                assert response.status == 401
+            await text(http, "/", 401)
+
+            # The right one: an HttpOnly, SameSite=Strict session, and the pages.
+            async with http.post(
+                "/login", data={"token": TOKEN, "next": "/fleet"}, allow_redirects=False
+            ) as response:
+                assert response.status == 303
+                assert response.headers["Location"] == "/fleet"
+                cookie = response.headers["Set-Cookie"]
+            assert "HttpOnly" in cookie
+            assert "SameSite=Strict" in cookie
+            assert batch in await text(http, "/")
+
+        async with aiohttp.ClientSession(base) as script:
+            bearer = {"Authorization": f"Bearer {TOKEN}"}
+            async with script.get(f"/batches/{batch}", headers=bearer) as response:
+                assert response.status == 200
+                assert "REFUSE-0" in await response.text()
+
+
+async def test_a_cross_site_post_changes_nothing(
+    redis: Redis, sandbox: Sandbox, env: dict[str, str], tmp_path: Path
+) -> None:
+    batch, _ = await run_refused_batch(sandbox, env, tmp_path)
+    with dashboard(env) as base:
+        async with browser_like(base) as http:
+            csrf = csrf_of(await text(http, f"/dead-letters?batch={batch}"))
+            form = {"batch": batch, "csrf": csrf, "back": "/dead-letters"}
+            forged: list[tuple[dict[str, str], dict[str, str]]] = [
+                (form, {"Origin": "http://evil.example"}),
+                (form, {"Sec-Fetch-Site": "cross-site"}),
+                (form, {"Sec-Fetch-Site": "same-site"}),
+                ({"batch": batch}, {}),
+                ({**form, "csrf": "0" * 64}, {}),
+            ]
+            for action in ("/dead-letters/retry", "/dead-letters/purge"):
+                for data, headers in forged:
+                    async with http.post(
+                        action, data=data, headers=headers, allow_redirects=False
+                    ) as response:
+                        assert response.status == 403, (action, data, headers)
+            # Another browser's session: its own CSRF token does not fit this session.
+            async with browser_like(base) as other:
+                theirs = csrf_of(await text(other, f"/dead-letters?batch={batch}"))
+            async with http.post(
+                "/dead-letters/purge", data={**form, "csrf": theirs}, allow_redirects=False
+            ) as response:
+                assert response.status == 403
+            assert await redis.zcard(layout.DEAD_LETTERS) == 3
+            status = await redis.hgetall(layout.batch_key(batch))  # type: ignore[misc]
+            assert (status["failed"], status["queued"]) == ("3", "0")
+
+            # The dashboard's own form, from its own origin: the letters are queued again.
+            await sandbox.faults(reject_prefix="")
+            async with http.post(
+                "/dead-letters/retry",
+                data=form,
+                headers={"Origin": base, "Sec-Fetch-Site": "same-origin"},
+                allow_redirects=False,
+            ) as response:
+                assert response.status == 303
+                assert response.headers["Location"] == "/dead-letters"
+            assert await redis.zcard(layout.DEAD_LETTERS) == 0
+            assert "Queued again: 3." in await text(http, "/dead-letters")
+            run_workers(env, 1)
+            assert (await redis.hgetall(layout.batch_key(batch)))["created"] == "5"  # type: ignore[misc]
+
+
+async def test_read_only_offers_no_action_and_refuses_them(
+    redis: Redis, sandbox: Sandbox, env: dict[str, str], tmp_path: Path
+) -> None:
+    batch, _ = await run_refused_batch(sandbox, env, tmp_path)
+    with dashboard(env, "--read-only") as base:
+        async with browser_like(base) as http:
+            pages = [
+                await text(http, f"/dead-letters?batch={batch}"),
+                await text(http, f"/batches/{batch}"),
+                await text(http, f"/requests/{layout.idempotency_key('REFUSE-0')}"),
+            ]
+            for page in pages:
+                assert "read-only" in page
+                assert 'method="post"' not in page
+            for action in ("/dead-letters/retry", "/dead-letters/purge"):
+                async with http.post(action, data={"batch": batch}) as response:
+                    assert response.status == 403
+    assert await redis.zcard(layout.DEAD_LETTERS) == 3
+
+
+async def test_purge_from_the_dashboard_forgets_a_batchs_dead_letters(
+    redis: Redis, sandbox: Sandbox, env: dict[str, str], tmp_path: Path
+) -> None:
+    batch, _ = await run_refused_batch(sandbox, env, tmp_path)
+    with dashboard(env) as base:
+        async with browser_like(base) as http:
+            page = await text(http, f"/dead-letters?batch={batch}")
+            back = f"/dead-letters?batch={batch}"
+            async with http.post(
+                "/dead-letters/purge",
+                data={"batch": batch, "csrf": csrf_of(page), "back": back},
+                allow_redirects=False,
+            ) as response:
+                assert response.status == 303
+            assert "Purged 3 dead letters" in await text(http, back)
+    assert await redis.zcard(layout.DEAD_LETTERS) == 0
+    assert (await redis.hgetall(layout.batch_key(batch)))["failed"] == "3"  # type: ignore[misc]
