@@ -6,11 +6,15 @@ from __future__ import annotations
 import json
 import subprocess
 import sys
+from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
 import aiohttp
+
+from paylinks.devtools.ports import free_port, wait_for_port
 
 ROOT = Path(__file__).resolve().parent.parent
 EXAMPLES = ROOT / "examples"
@@ -164,3 +168,26 @@ def unique_requests(count: int, prefix: str) -> list[dict[str, Any]]:
         request["checkoutToken"] = f"{prefix}-{i:05d}"
         requests.append(request)
     return requests
+
+
+# Tokens whose requests the sandbox refuses (its reject_prefix knob), for the dashboard's tests.
+REFUSED = [f"REFUSE-{i}" for i in range(3)]
+
+
+@contextmanager
+def dashboard(env: dict[str, str], *args: str) -> Iterator[str]:
+    """A `paylinks dashboard` process on a free loopback port; its base url."""
+    port = free_port()
+    process = subprocess.Popen(
+        [sys.executable, "-m", "paylinks", "dashboard", "--port", str(port), *args],
+        env=env,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+        cwd=ROOT,
+    )
+    try:
+        wait_for_port(port)
+        yield f"http://127.0.0.1:{port}"
+    finally:
+        process.terminate()
+        process.wait(10)

@@ -3,42 +3,28 @@
 from __future__ import annotations
 
 import re
-import subprocess
-import sys
-from collections.abc import AsyncIterator, Iterator
-from contextlib import asynccontextmanager, contextmanager
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
 from pathlib import Path
 from typing import Any
 
 import aiohttp
 from redis.asyncio import Redis
 
-from paylinks.devtools.ports import free_port, wait_for_port
+from paylinks.devtools.ports import free_port
 from paylinks.jobs import layout
-from tests.conftest import ROOT, Sandbox, paylinks
-from tests.test_end_to_end import enqueue, example_requests, run_workers, write_requests
+from tests.helpers import (
+    REFUSED,
+    Sandbox,
+    dashboard,
+    enqueue,
+    example_requests,
+    paylinks,
+    run_workers,
+    write_requests,
+)
 
 TOKEN = "dashboard-token-for-the-tests-0123456789"
-REFUSED = [f"REFUSE-{i}" for i in range(3)]
-
-
-@contextmanager
-def dashboard(env: dict[str, str], *args: str) -> Iterator[str]:
-    """A `paylinks dashboard` process on a free loopback port; its base url."""
-    port = free_port()
-    process = subprocess.Popen(
-        [sys.executable, "-m", "paylinks", "dashboard", "--port", str(port), *args],
-        env=env,
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL,
-        cwd=ROOT,
-    )
-    try:
-        wait_for_port(port)
-        yield f"http://127.0.0.1:{port}"
-    finally:
-        process.terminate()
-        process.wait(10)
 
 
 @asynccontextmanager

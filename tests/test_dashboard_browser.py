@@ -11,12 +11,15 @@ from playwright.async_api import Browser, Page, async_playwright
 from redis.asyncio import Redis
 
 from paylinks.jobs import layout
-from tests.conftest import ROOT, Sandbox, spawn_worker
-from tests.test_dashboard import REFUSED, dashboard
-from tests.test_end_to_end import (
+from tests.helpers import (
+    REFUSED,
+    ROOT,
+    Sandbox,
+    dashboard,
     enqueue,
     example_requests,
     run_workers,
+    spawn_worker,
     unique_requests,
     write_requests,
 )
