@@ -18,6 +18,7 @@ from redis.asyncio import Redis
 
 from paylinks.devtools.ports import free_port
 from paylinks.jobs import layout
+from paylinks.jobs.layout import BatchField, RecordField, State
 from tests.helpers import (
     REFUSED,
     Sandbox,
@@ -121,17 +122,19 @@ async def test_the_pages_show_a_batch_its_failures_and_requests_without_personal
             created = layout.idempotency_key(requests[4]["checkoutToken"])
             link = pages["created"] = await text(http, f"/requests/{created}")
             session = await redis.hgetall(layout.checkout_key(created))  # type: ignore[misc]
-            assert session["session_id"] in link
-            assert session["url"] in link
+            assert session[RecordField.SESSION_ID] in link
+            assert session[RecordField.URL] in link
 
             letters = pages["letters"] = await text(http, f"/dead-letters?batch={batch}")
             assert all(token in letters for token in REFUSED)
             fleet = pages["fleet"] = await text(http, "/fleet")
             assert "0 jobs, 0 due now" in fleet
 
+            # The live updates' answer: the batch's counts under their names in Redis.
             async with http.get(f"/api/batches?id={batch}") as response:
                 status = (await response.json())[batch]
-            assert (status["total"], status["created"], status["failed"]) == (5, 2, 3)
+            counts = (status[BatchField.TOTAL], status[State.CREATED], status[State.FAILED])
+            assert counts == (5, 2, 3)
             assert status["done"] is True
 
             async with http.get(f"/batches/{batch}/results.csv") as response:
@@ -232,7 +235,7 @@ async def test_a_cross_site_post_changes_nothing(
                 assert response.status == 403
             assert await redis.zcard(layout.DEAD_LETTERS) == 3
             status = await redis.hgetall(layout.batch_key(batch))  # type: ignore[misc]
-            assert (status["failed"], status["queued"]) == ("3", "0")
+            assert (status[State.FAILED], status[State.QUEUED]) == ("3", "0")
 
             # The dashboard's own form, from its own origin: the letters are queued again.
             await sandbox.faults(reject_prefix="")
@@ -247,7 +250,8 @@ async def test_a_cross_site_post_changes_nothing(
             assert await redis.zcard(layout.DEAD_LETTERS) == 0
             assert "Queued again: 3." in await text(http, "/dead-letters")
             run_workers(env, 1)
-            assert (await redis.hgetall(layout.batch_key(batch)))["created"] == "5"  # type: ignore[misc]
+            status = await redis.hgetall(layout.batch_key(batch))  # type: ignore[misc]
+            assert status[State.CREATED] == "5"
 
 
 async def test_read_only_offers_no_action_and_refuses_them(
@@ -286,7 +290,8 @@ async def test_purge_from_the_dashboard_forgets_a_batchs_dead_letters(
                 assert response.status == 303
             assert "Purged 3 dead letters" in await text(http, back)
     assert await redis.zcard(layout.DEAD_LETTERS) == 0
-    assert (await redis.hgetall(layout.batch_key(batch)))["failed"] == "3"  # type: ignore[misc]
+    status = await redis.hgetall(layout.batch_key(batch))  # type: ignore[misc]
+    assert status[State.FAILED] == "3"
 
 
 async def workers_alive(http: aiohttp.ClientSession) -> tuple[int, str]:
