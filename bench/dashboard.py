@@ -29,6 +29,7 @@ from bench.services import Services
 from paylinks.devtools.ports import free_port, wait_for_port
 from paylinks.jobs import layout
 from paylinks.jobs.connection import connect
+from paylinks.jobs.layout import BatchField, RecordField, State
 
 ROOT = Path(__file__).resolve().parent.parent
 BIG = "nightly-big"
@@ -38,29 +39,29 @@ PIPELINE = 2_000
 TTL_MS = 30 * 24 * 3600 * 1000
 
 
-def record(body: dict[str, Any], batch: str, state: str, at: int) -> dict[str, Any]:
+def record(body: dict[str, Any], batch: str, state: State, at: int) -> dict[str, Any]:
     """One record as the producer and the worker leave it."""
     fields: dict[str, Any] = {
-        "checkout_token": body["checkoutToken"],
-        "batch": batch,
-        "request": orjson.dumps(body, option=orjson.OPT_SORT_KEYS).decode(),
-        "state": state,
-        "attempts": 0 if state == "queued" else 1,
-        "enqueued_at": at,
-        "updated_at": at,
+        RecordField.CHECKOUT_TOKEN: body["checkoutToken"],
+        RecordField.BATCH: batch,
+        RecordField.REQUEST: orjson.dumps(body, option=orjson.OPT_SORT_KEYS).decode(),
+        RecordField.STATE: state,
+        RecordField.ATTEMPTS: 0 if state == State.QUEUED else 1,
+        RecordField.ENQUEUED_AT: at,
+        RecordField.UPDATED_AT: at,
     }
-    if state == "created":
+    if state == State.CREATED:
         fields |= {
-            "session_id": f"cs_{body['checkoutToken']}",
-            "url": f"https://pay.example.com/{body['checkoutToken']}",
-            "expires_at": "2026-12-31T00:00:00Z",
-            "http_status": 201,
+            RecordField.SESSION_ID: f"cs_{body['checkoutToken']}",
+            RecordField.URL: f"https://pay.example.com/{body['checkoutToken']}",
+            RecordField.EXPIRES_AT: "2026-12-31T00:00:00Z",
+            RecordField.HTTP_STATUS: 201,
         }
-    elif state == "failed":
+    elif state == State.FAILED:
         fields |= {
-            "http_status": 400,
-            "error": "owner.identityId 'idn_x' is not an identity of this account",
-            "response": '{"error": {"code": "invalid_request", "message": "..."}}',
+            RecordField.HTTP_STATUS: 400,
+            RecordField.ERROR: "owner.identityId 'idn_x' is not an identity of this account",
+            RecordField.RESPONSE: '{"error": {"code": "invalid_request", "message": "..."}}',
         }
     return fields
 
@@ -68,28 +69,33 @@ def record(body: dict[str, Any], batch: str, state: str, at: int) -> dict[str, A
 async def fill_batch(redis: Any, batch: str, count: int, opened: int, running: bool) -> str:
     """A batch of `count` requests: 1% failed (dead letters), a third queued if running.
     Returns one failed request's checkoutToken."""
-    counts = {"created": 0, "failed": 0, "queued": 0}
+    counts = dict.fromkeys(State, 0)
     failed_token = ""
     pipe = redis.pipeline(transaction=False)
     for i, body in enumerate(requests(count, prefix=batch)):
         key = layout.idempotency_key(body["checkoutToken"])
-        state = "failed" if i % 100 == 7 else "created"
+        state = State.FAILED if i % 100 == 7 else State.CREATED
         if running and i >= count * 2 // 3:
-            state = "queued"
+            state = State.QUEUED
         counts[state] += 1
         at = opened + i
         pipe.hset(layout.checkout_key(key), mapping=record(body, batch, state, at))
         pipe.pexpire(layout.checkout_key(key), TTL_MS)
         pipe.rpush(layout.batch_members_key(batch), key)
-        if state == "failed":
+        if state == State.FAILED:
             pipe.zadd(layout.DEAD_LETTERS, {key: at})
             failed_token = body["checkoutToken"]
         if len(pipe) >= PIPELINE:
             await pipe.execute()
-    status = {"total": count, "sealed": 1, "created_at": opened, **counts}
-    status |= {"in_progress": 0, "retrying": 0, "ratelimit_wait_ms": count * 3}
+    status: dict[str, int] = {
+        BatchField.TOTAL: count,
+        BatchField.SEALED: 1,
+        BatchField.CREATED_AT: opened,
+        BatchField.RATELIMIT_WAIT_MS: count * 3,
+        **counts,
+    }
     if not running:
-        status["completed_at"] = opened + count
+        status[BatchField.COMPLETED_AT] = opened + count
     pipe.hset(layout.batch_key(batch), mapping=status)
     pipe.zadd(layout.BATCHES, {batch: opened})
     await pipe.execute()

@@ -59,11 +59,11 @@ def start_worker(command: list[str], env: dict[str, str], log: Path) -> subproce
 
 
 async def wait_for_worker(services: Services) -> None:
-    """Until the worker's first poll (arq writes its health-check key then)."""
+    """Until the worker's first poll (arq writes its own health-check key then)."""
     redis = connect(services.redis_url)
     deadline = time.monotonic() + WAIT_S
     try:
-        while not await redis.exists(f"{layout.QUEUE}:health-check"):
+        while not [k async for k in redis.scan_iter(match=layout.WORKER_HEALTH_PATTERN)]:
             if time.monotonic() > deadline:
                 raise RuntimeError("the worker did not start polling")
             await asyncio.sleep(0.05)

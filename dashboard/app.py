@@ -15,20 +15,19 @@ from paylinks.dashboard.pages import Pages
 from paylinks.dashboard.security import HEADERS, Guard, is_loopback
 from paylinks.jobs.connection import connect
 from paylinks.worker.config import WorkerConfig
+from paylinks.worker.health import HealthConfig
 
 STATIC = Path(__file__).resolve().parent / "static"
 EXIT_CONFIG = 2
-# arq's default: a worker sets its health-check key this often (WorkerSettings leaves it).
-ARQ_HEALTH_INTERVAL_S = 3600.0
 
 
-class DashboardConfig(WorkerConfig):
-    """The fleet's settings (Redis, rate limit) and the dashboard's own token."""
+class DashboardConfig(WorkerConfig, HealthConfig):
+    """The fleet's settings (Redis, rate limit, the workers' health-check interval) and the
+    dashboard's own token."""
 
     model_config = SettingsConfigDict(env_prefix="PAYLINKS_", extra="ignore")
 
     dashboard_token: SecretStr | None = Field(None, min_length=16)
-    health_check_interval: float = ARQ_HEALTH_INTERVAL_S
 
 
 async def _security_headers(_: web.Request, response: web.StreamResponse) -> None:

@@ -11,7 +11,7 @@ from redis.asyncio import Redis
 from paylinks.dashboard.progress import Progress, RateTracker
 from paylinks.dashboard.requests import RequestRow, read_rows
 from paylinks.jobs import layout
-from paylinks.jobs.layout import State
+from paylinks.jobs.layout import BatchField, State
 
 
 @dataclass(frozen=True)
@@ -28,6 +28,8 @@ class BatchView:
         return self.completed_at_ms is not None
 
     def as_json(self) -> dict[str, Any]:
+        """What `/api/batches` answers for the pages' live updates (`static/live.js`): the
+        counts under their names in Redis, and the rest under names of its own."""
         p = self.progress
         return {
             "batch": self.name,
@@ -53,17 +55,17 @@ def _int(value: str | None) -> int | None:
 
 
 def batch_view(name: str, fields: dict[str, str], rates: RateTracker) -> BatchView:
-    counts = {"total": int(fields.get("total", 0))}
-    counts |= {state.value: int(fields.get(state.value, 0)) for state in State}
-    created_at = _int(fields.get("created_at"))
-    completed_at = _int(fields.get("completed_at"))
+    counts = {BatchField.TOTAL.value: int(fields.get(BatchField.TOTAL, 0))}
+    counts |= {state.value: int(fields.get(state, 0)) for state in State}
+    created_at = _int(fields.get(BatchField.CREATED_AT))
+    completed_at = _int(fields.get(BatchField.COMPLETED_AT))
     status = {"batch": name, **counts, "done": completed_at is not None}
     return BatchView(
         name=name,
         counts=counts,
         created_at_ms=created_at,
         completed_at_ms=completed_at,
-        ratelimit_wait_s=round(int(fields.get("ratelimit_wait_ms", 0)) / 1000, 3),
+        ratelimit_wait_s=round(int(fields.get(BatchField.RATELIMIT_WAIT_MS, 0)) / 1000, 3),
         progress=rates.progress(status, created_at),
     )
 

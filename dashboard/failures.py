@@ -7,8 +7,9 @@ from dataclasses import dataclass, field
 
 from redis.asyncio import Redis
 
-from paylinks.dashboard.requests import api_details, scrub
+from paylinks.dashboard.requests import ERROR_CODE, ERROR_TYPE, api_details, scrub
 from paylinks.jobs import layout
+from paylinks.jobs.layout import RecordField
 
 # A batch's dead letters are looked for among at most this many of the newest, so a page
 # never reads an unbounded set; the batch's `failed` count is the exact total.
@@ -16,7 +17,14 @@ SCAN_LIMIT = 10_000
 EXAMPLES = 3
 # Dead letters are read this many at a time, newest first.
 SLICE = 500
-LETTER_FIELDS = ("batch", "checkout_token", "attempts", "http_status", "error", "response")
+LETTER_FIELDS = (
+    RecordField.BATCH,
+    RecordField.CHECKOUT_TOKEN,
+    RecordField.ATTEMPTS,
+    RecordField.HTTP_STATUS,
+    RecordField.ERROR,
+    RecordField.RESPONSE,
+)
 
 
 # What varies from one request to the next in an API message: quoted values, long numbers.
@@ -75,8 +83,8 @@ async def _slice(redis: Redis, start: int, count: int) -> list[Letter]:
                 attempts=attempts,
                 http_status=status or None,
                 error=scrub(error),
-                error_type=details.get("error_type"),
-                error_code=details.get("error_code"),
+                error_type=details.get(ERROR_TYPE),
+                error_code=details.get(ERROR_CODE),
             )
         )
     return letters

@@ -21,7 +21,7 @@ from paylinks.dashboard.security import Guard
 from paylinks.jobs import layout
 from paylinks.jobs.config import ProducerConfig
 from paylinks.jobs.deadletters import DeadLetters
-from paylinks.jobs.layout import State
+from paylinks.jobs.layout import RecordField, State
 from paylinks.jobs.records import RESULT_COLUMNS, iter_records
 
 BATCHES_PER_PAGE = 50
@@ -119,12 +119,13 @@ class Pages:
             more = False
         else:
             rows, more = await batches.request_page(self.redis, name, page, REQUESTS_PER_PAGE)
+        failed = view.counts[State.FAILED]
         return self.render(
             request,
             "batch.html",
             b=view,
             states=[s.value for s in State],
-            groups=await failures.failure_groups(self.redis, name) if view.counts["failed"] else [],
+            groups=await failures.failure_groups(self.redis, name) if failed else [],
             scan_limit=failures.SCAN_LIMIT,
             rows=rows,
             more=more,
@@ -265,7 +266,7 @@ class Pages:
 
 async def _rows_of_batch(redis: Redis, batch: str, key: str | None) -> list[RequestRow]:
     """The request of a searched token, if it belongs to this batch."""
-    if key is None or await redis.hget(layout.checkout_key(key), "batch") != batch:  # type: ignore[misc]
+    if key is None or await redis.hget(layout.checkout_key(key), RecordField.BATCH) != batch:  # type: ignore[misc]
         return []
     return await read_rows(redis, [key])
 

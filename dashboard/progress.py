@@ -7,6 +7,8 @@ from collections import OrderedDict, deque
 from dataclasses import dataclass
 from typing import Any
 
+from paylinks.jobs.layout import BatchField, State
+
 # The rate is taken over this many recent seconds of the dashboard's own reads of a batch.
 WINDOW_S = 30.0
 # Batches whose recent reads are kept; the least recently read is forgotten first.
@@ -32,7 +34,8 @@ class RateTracker:
         self._samples: OrderedDict[str, deque[tuple[float, int]]] = OrderedDict()
 
     def progress(self, status: dict[str, Any], created_at_ms: int | None) -> Progress:
-        total, done = status["total"], status["created"] + status["failed"]
+        total = status[BatchField.TOTAL]
+        done = status[State.CREATED] + status[State.FAILED]
         if status["done"]:
             return Progress(total, done, None, None)
         rate = self._recent_rate(status["batch"], done)

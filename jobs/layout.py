@@ -7,7 +7,7 @@ import uuid
 from enum import StrEnum
 from typing import NamedTuple
 
-from arq.constants import in_progress_key_prefix, job_key_prefix
+from arq.constants import health_check_key_suffix, in_progress_key_prefix, job_key_prefix
 
 # Fixed forever: changing it would give every checkoutToken a new idempotency key, and a token
 # re-sent under a new key can create a second session.
@@ -73,9 +73,44 @@ class LimiterKeys(NamedTuple):
     slots: str
 
 
+_LIMITER_PREFIX = f"{PREFIX}:ratelimit:"
+# Every limiter key of every credential, for SCAN.
+LIMITER_PATTERN = f"{_LIMITER_PREFIX}*"
+
+
 def limiter_keys(credential: str) -> LimiterKeys:
-    prefix = f"{PREFIX}:ratelimit:{credential}"
+    prefix = f"{_LIMITER_PREFIX}{credential}"
     return LimiterKeys(*(f"{prefix}:{name}" for name in LimiterKeys._fields))
+
+
+def limiter_credential(key: str) -> str | None:
+    """The credential a limiter key belongs to (`limiter_keys` backwards), or None."""
+    if key.startswith(_LIMITER_PREFIX):
+        credential, _, name = key[len(_LIMITER_PREFIX) :].rpartition(":")
+        if credential and name in LimiterKeys._fields:
+            return credential
+    return None
+
+
+# One per worker process: arq's health record (`<queue>:health-check`, a string of its job
+# counts) written with PSETEX every health-check interval to live one second more, and
+# deleted as the worker stops. arq's own per-queue key was overwritten by every worker.
+_WORKER_HEALTH_PREFIX = f"{QUEUE}{health_check_key_suffix}:"
+WORKER_HEALTH_PATTERN = f"{_WORKER_HEALTH_PREFIX}*"
+
+
+def worker_health_key(host: str, pid: int) -> str:
+    """The health record of the worker process `pid` on `host`."""
+    return f"{_WORKER_HEALTH_PREFIX}{host}:{pid}"
+
+
+def worker_of_health_key(key: str) -> tuple[str, int] | None:
+    """(host, pid) of a worker's health record (`worker_health_key` backwards), or None."""
+    if key.startswith(_WORKER_HEALTH_PREFIX):
+        host, _, pid = key[len(_WORKER_HEALTH_PREFIX) :].rpartition(":")
+        if host and pid.isdigit():
+            return host, int(pid)
+    return None
 
 
 def arq_job_key(key: str) -> str:

@@ -2,7 +2,12 @@
 
 from __future__ import annotations
 
+import asyncio
 import re
+import socket
+import subprocess
+import sys
+import time
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from pathlib import Path
@@ -13,6 +18,7 @@ from redis.asyncio import Redis
 
 from paylinks.devtools.ports import free_port
 from paylinks.jobs import layout
+from paylinks.jobs.layout import BatchField, RecordField, State
 from tests.helpers import (
     REFUSED,
     Sandbox,
@@ -21,10 +27,13 @@ from tests.helpers import (
     example_requests,
     paylinks,
     run_workers,
+    spawn_worker,
     write_requests,
 )
 
 TOKEN = "dashboard-token-for-the-tests-0123456789"
+# Generous: the machine is shared, and this is a deadline, not an expectation.
+DEADLINE_S = 120
 
 
 @asynccontextmanager
@@ -113,17 +122,19 @@ async def test_the_pages_show_a_batch_its_failures_and_requests_without_personal
             created = layout.idempotency_key(requests[4]["checkoutToken"])
             link = pages["created"] = await text(http, f"/requests/{created}")
             session = await redis.hgetall(layout.checkout_key(created))  # type: ignore[misc]
-            assert session["session_id"] in link
-            assert session["url"] in link
+            assert session[RecordField.SESSION_ID] in link
+            assert session[RecordField.URL] in link
 
             letters = pages["letters"] = await text(http, f"/dead-letters?batch={batch}")
             assert all(token in letters for token in REFUSED)
             fleet = pages["fleet"] = await text(http, "/fleet")
             assert "0 jobs, 0 due now" in fleet
 
+            # The live updates' answer: the batch's counts under their names in Redis.
             async with http.get(f"/api/batches?id={batch}") as response:
                 status = (await response.json())[batch]
-            assert (status["total"], status["created"], status["failed"]) == (5, 2, 3)
+            counts = (status[BatchField.TOTAL], status[State.CREATED], status[State.FAILED])
+            assert counts == (5, 2, 3)
             assert status["done"] is True
 
             async with http.get(f"/batches/{batch}/results.csv") as response:
@@ -224,7 +235,7 @@ async def test_a_cross_site_post_changes_nothing(
                 assert response.status == 403
             assert await redis.zcard(layout.DEAD_LETTERS) == 3
             status = await redis.hgetall(layout.batch_key(batch))  # type: ignore[misc]
-            assert (status["failed"], status["queued"]) == ("3", "0")
+            assert (status[State.FAILED], status[State.QUEUED]) == ("3", "0")
 
             # The dashboard's own form, from its own origin: the letters are queued again.
             await sandbox.faults(reject_prefix="")
@@ -239,7 +250,8 @@ async def test_a_cross_site_post_changes_nothing(
             assert await redis.zcard(layout.DEAD_LETTERS) == 0
             assert "Queued again: 3." in await text(http, "/dead-letters")
             run_workers(env, 1)
-            assert (await redis.hgetall(layout.batch_key(batch)))["created"] == "5"  # type: ignore[misc]
+            status = await redis.hgetall(layout.batch_key(batch))  # type: ignore[misc]
+            assert status[State.CREATED] == "5"
 
 
 async def test_read_only_offers_no_action_and_refuses_them(
@@ -278,4 +290,85 @@ async def test_purge_from_the_dashboard_forgets_a_batchs_dead_letters(
                 assert response.status == 303
             assert "Purged 3 dead letters" in await text(http, back)
     assert await redis.zcard(layout.DEAD_LETTERS) == 0
-    assert (await redis.hgetall(layout.batch_key(batch)))["failed"] == "3"  # type: ignore[misc]
+    status = await redis.hgetall(layout.batch_key(batch))  # type: ignore[misc]
+    assert status[State.FAILED] == "3"
+
+
+async def workers_alive(http: aiohttp.ClientSession) -> tuple[int, str]:
+    """The fleet page's count of workers alive, and the page."""
+    page = await text(http, "/fleet")
+    found = re.search(r'data-field="workers">(\d+)<', page)
+    assert found, "no count of workers on the fleet page"
+    return int(found.group(1)), page
+
+
+async def until_workers_alive(http: aiohttp.ClientSession, count: int) -> str:
+    """The fleet page once it shows `count` workers alive."""
+    deadline = time.monotonic() + DEADLINE_S
+    while (found := await workers_alive(http))[0] != count:
+        assert time.monotonic() < deadline, f"{found[0]} workers alive, not {count}"
+        await asyncio.sleep(0.2)
+    return found[1]
+
+
+async def test_the_fleet_page_counts_each_worker_alive_and_drops_one_that_stopped(
+    redis: Redis, sandbox: Sandbox, env: dict[str, str], tmp_path: Path
+) -> None:
+    env = env | {"PAYLINKS_HEALTH_CHECK_INTERVAL": "1"}
+    workers = [spawn_worker(env, tmp_path / f"worker-{i}.log") for i in range(2)]
+    try:
+        with dashboard(env) as base:
+            async with browser_like(base) as http:
+                page = await until_workers_alive(http, 2)
+                for worker in workers:
+                    assert f"<td>{worker.pid}</td>" in page
+                    key = layout.worker_health_key(socket.gethostname(), worker.pid)
+                    assert "j_complete=" in await redis.get(key)
+
+                # SIGTERM: the worker deletes its own record as it stops.
+                workers[0].terminate()
+                assert workers[0].wait(60) == 0
+                alive, page = await workers_alive(http)
+                assert alive == 1
+                assert f"<td>{workers[0].pid}</td>" not in page
+                assert f"<td>{workers[1].pid}</td>" in page
+
+                # SIGKILL: nothing deletes it, and it expires a second after the next was due.
+                workers[1].kill()
+                workers[1].wait(60)
+                page = await until_workers_alive(http, 0)
+                assert "No worker alive" in page
+    finally:
+        for worker in workers:
+            if worker.poll() is None:
+                worker.kill()
+            worker.wait(60)
+
+
+async def test_arqs_health_check_finds_no_per_worker_record_and_says_so(
+    redis: Redis, env: dict[str, str], tmp_path: Path
+) -> None:
+    """What the README tells operators: `arq ... --check` looks for the record of its own
+    process, which no worker writes, so it fails even with workers alive."""
+    worker = spawn_worker(env, tmp_path / "worker.log")
+    try:
+        key = layout.worker_health_key(socket.gethostname(), worker.pid)
+        deadline = time.monotonic() + DEADLINE_S
+        while not await redis.exists(key):
+            assert time.monotonic() < deadline, "the worker wrote no health record"
+            await asyncio.sleep(0.2)
+        arq = Path(sys.executable).parent / "arq"
+        check = await asyncio.create_subprocess_exec(
+            str(arq),
+            "paylinks.worker.app.WorkerSettings",
+            "--check",
+            env=env,
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.PIPE,
+        )
+        _, stderr = await asyncio.wait_for(check.communicate(), DEADLINE_S)
+        assert check.returncode == 1
+        assert "no health check sentinel value found" in stderr.decode()
+    finally:
+        worker.terminate()
+        worker.wait(60)

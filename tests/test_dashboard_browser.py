@@ -11,6 +11,7 @@ from playwright.async_api import Browser, Page, async_playwright
 from redis.asyncio import Redis
 
 from paylinks.jobs import layout
+from paylinks.jobs.layout import RecordField
 from tests.helpers import (
     REFUSED,
     ROOT,
@@ -132,5 +133,6 @@ async def test_a_failed_request_is_opened_and_its_dead_letter_retried_until_crea
         run_workers(env, 1)
         await page.reload()
         assert await page.locator("[data-field=state]").inner_text() == "created"
-        session = await redis.hget(layout.checkout_key(layout.idempotency_key("REFUSE-0")), "url")  # type: ignore[misc]
+        record = layout.checkout_key(layout.idempotency_key("REFUSE-0"))
+        session = await redis.hget(record, RecordField.URL)  # type: ignore[misc]
         await page.get_by_role("link", name=session).wait_for()

@@ -5,10 +5,12 @@ from __future__ import annotations
 
 import re
 from enum import StrEnum
+from fnmatch import fnmatchcase
 from importlib.resources import files
 
 import pytest
 
+from paylinks.dashboard import failures, requests
 from paylinks.jobs import layout
 
 SCRIPTS = {
@@ -69,6 +71,54 @@ def test_key_names_are_those_earlier_releases_wrote() -> None:
         f"paylinks:ratelimit:c:{name}"
         for name in ("pause", "tat", "leases", "wake", "adaptive", "slots")
     ]
+    assert layout.worker_health_key("host-1", 42) == "paylinks:queue:health-check:host-1:42"
+
+
+def test_a_scan_pattern_finds_its_keys_and_reads_them_back_and_nothing_else() -> None:
+    for key in layout.limiter_keys("a:b"):
+        assert fnmatchcase(key, layout.LIMITER_PATTERN)
+        assert layout.limiter_credential(key) == "a:b"
+    for other in ("paylinks:ratelimit:c:lock", "paylinks:ratelimit:tat", "paylinks:auth:c"):
+        assert layout.limiter_credential(other) is None
+
+    key = layout.worker_health_key("worker.example.com", 4242)
+    assert fnmatchcase(key, layout.WORKER_HEALTH_PATTERN)
+    assert layout.worker_of_health_key(key) == ("worker.example.com", 4242)
+    # arq's own key, one per queue, is no worker's.
+    arqs = "paylinks:queue:health-check"
+    assert not fnmatchcase(arqs, layout.WORKER_HEALTH_PATTERN)
+    assert layout.worker_of_health_key(arqs) is None
+    assert layout.worker_of_health_key(f"{arqs}:host:not-a-pid") is None
+
+
+# The dashboard's templates read these off what pages.py gives them: a request (`r.`) by its
+# record's fields, a batch's counts (`b.counts.`) by the batch's.
+TEMPLATES = files("paylinks.dashboard").joinpath("templates")
+RECORD_READ = re.compile(r"\br\.([a-z_]+)")
+COUNT_READ = re.compile(r"\bb\.counts\.([a-z_]+)")
+
+
+def test_the_dashboard_reads_only_fields_of_the_layout() -> None:
+    read = {*requests.ROW_FIELDS, *requests.SHOWN_FIELDS, *failures.LETTER_FIELDS}
+    pending = set(requests.NOT_YET_IN_LAYOUT)
+    assert sorted(read - set(layout.RecordField) - pending) == []
+    # Once the worker's new fields are in the layout, the dashboard takes them from there.
+    assert sorted(pending & set(layout.RecordField)) == []
+
+    for template, fields in (
+        ("request.html", requests.SHOWN_FIELDS),
+        ("batch.html", requests.ROW_FIELDS),
+    ):
+        names = set(RECORD_READ.findall(TEMPLATES.joinpath(template).read_text())) - {"key"}
+        assert names, template
+        assert sorted(names - set(fields)) == [], f"{template} shows a field it never reads"
+    counts = {
+        name
+        for template in ("batch.html", "batches.html", "macros.html")
+        for name in COUNT_READ.findall(TEMPLATES.joinpath(template).read_text())
+    }
+    assert counts
+    assert sorted(counts - {layout.BatchField.TOTAL, *layout.State}) == []
 
 
 def test_field_and_state_names_are_those_earlier_releases_wrote() -> None:

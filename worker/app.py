@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import os
+import socket
 import time
 from typing import Any
 
@@ -23,6 +25,7 @@ from paylinks.jobs.logs import configure, get_logger
 from paylinks.worker.auth import access_tokens, credential_id
 from paylinks.worker.config import ConomyConfig, WorkerConfig, load
 from paylinks.worker.conomy import ConomyClient, open_http
+from paylinks.worker.health import HealthConfig
 from paylinks.worker.outcomes import Outcomes
 from paylinks.worker.ratelimit import Limiter, RateLimit
 from paylinks.worker.tasks import Deps, create_checkout_session
@@ -85,9 +88,13 @@ def redis_settings(url: str) -> RedisSettings:
     return settings
 
 
-def worker_settings(config: WorkerConfig, conomy: ConomyConfig) -> dict[str, Any]:
+def worker_settings(
+    config: WorkerConfig, conomy: ConomyConfig, health: HealthConfig | None = None
+) -> dict[str, Any]:
     """arq's settings for a paylinks worker: the one place `paylinks worker` and arq's own
-    CLI (`arq paylinks.worker.app.WorkerSettings`) take them from."""
+    CLI (`arq paylinks.worker.app.WorkerSettings`) take them from. `health` is read from
+    the environment when not given."""
+    health = health or load(HealthConfig)
     return {
         **FIXED,
         "ctx": {"config": config, "conomy": conomy},
@@ -101,6 +108,11 @@ def worker_settings(config: WorkerConfig, conomy: ConomyConfig) -> dict[str, Any
         # On SIGTERM: take no new job, give calls in flight this long, then cancel the rest
         # (a cancelled job is queued again and resends its Idempotency-Key).
         "job_completion_wait": config.shutdown_grace,
+        # A health record of this process's own, so that the fleet's workers can be counted
+        # (arq's default, one key per queue, is overwritten by every worker). This is also
+        # the key `arq ... --check` reads, in its own process: it finds no worker's there.
+        "health_check_key": layout.worker_health_key(socket.gethostname(), os.getpid()),
+        "health_check_interval": health.health_check_interval,
     }
 
 

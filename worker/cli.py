@@ -29,6 +29,7 @@ from paylinks.jobs.logs import configure
 from paylinks.jobs.producer import EnqueueReport, Producer, Rejection, new_batch_id
 from paylinks.jobs.records import RESULT_COLUMNS
 from paylinks.worker.config import ConomyConfig, WorkerConfig, load, settings_help
+from paylinks.worker.health import HealthConfig
 from paylinks.worker.progress import watch
 
 EXIT_FAILED = 1
@@ -322,7 +323,9 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--webhook", help="POST the batch's completion here, signed (HMAC-SHA256)")
     p.set_defaults(run=in_loop(enqueue))
 
-    p = add_command(commands, "worker", "run one worker process", WorkerConfig, ConomyConfig)
+    p = add_command(
+        commands, "worker", "run one worker process", WorkerConfig, ConomyConfig, HealthConfig
+    )
     p.add_argument("--concurrency", type=int, help="jobs at once (PAYLINKS_CONCURRENCY)")
     p.add_argument("--burst", action="store_true", help="exit once nothing is left to do")
     p.set_defaults(run=worker)
@@ -374,8 +377,8 @@ def parser() -> argparse.ArgumentParser:
         "dashboard",
         "serve the web dashboard over the fleet's Redis",
         ProducerConfig,
-        note="Also PAYLINKS_DASHBOARD_TOKEN (required off loopback) and "
-        "PAYLINKS_HEALTH_CHECK_INTERVAL (README: Dashboard).",
+        HealthConfig,
+        note="Also PAYLINKS_DASHBOARD_TOKEN (required off loopback; README: Dashboard).",
     )
     p.add_argument("--host", default="127.0.0.1", help="address (default: %(default)s)")
     p.add_argument("--port", type=int, default=8700, help="port (default: %(default)s)")

@@ -15,8 +15,10 @@ function show(row, status) {
   const set = (name, value) => {
     for (const el of row.querySelectorAll('[data-field="' + name + '"]')) el.textContent = value;
   };
-  for (const name of ["total", "queued", "in_progress", "retrying", "created", "failed", "ratelimit_wait_s"]) {
-    set(name, status[name]);
+  // The counts: each element names its count as the answer does (the batch's fields in Redis).
+  for (const el of row.querySelectorAll("[data-field]")) {
+    const value = status[el.dataset.field];
+    if (typeof value === "number") el.textContent = value;
   }
   set("pending", status.total - status.created - status.failed);
   set("percent", status.percent.toFixed(1));
