@@ -191,3 +191,10 @@ def dashboard(env: dict[str, str], *args: str) -> Iterator[str]:
     finally:
         process.terminate()
         process.wait(10)
+
+
+def dead_letters(env: dict[str, str], *args: str) -> list[dict[str, Any]]:
+    """`paylinks dead-letters list --json`, parsed."""
+    done = paylinks("dead-letters", "list", "--json", *args, env=env)
+    assert done.returncode == 0, done.stderr.decode()
+    return [json.loads(line) for line in done.stdout.splitlines()]

@@ -4,13 +4,13 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
-from typing import Any
 
 from redis.asyncio import Redis
 
 from tests.helpers import (
     EXAMPLES,
     Sandbox,
+    dead_letters,
     enqueue,
     example_requests,
     paylinks,
@@ -18,12 +18,6 @@ from tests.helpers import (
     run_workers,
     write_requests,
 )
-
-
-def dead_letters(env: dict[str, str], *args: str) -> list[dict[str, Any]]:
-    done = paylinks("dead-letters", "list", "--json", *args, env=env)
-    assert done.returncode == 0, done.stderr.decode()
-    return [json.loads(line) for line in done.stdout.splitlines()]
 
 
 def some_refused(tmp_path: Path) -> Path:

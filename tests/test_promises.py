@@ -32,6 +32,7 @@ from paylinks.worker.config import ConomyConfig
 from paylinks.worker.tasks import RESPONSE_KEPT
 from tests.helpers import (
     Sandbox,
+    dead_letters,
     enqueue,
     events,
     example_requests,
@@ -43,12 +44,6 @@ from tests.helpers import (
     unique_requests,
     write_requests,
 )
-
-
-def dead_letters(env: dict[str, str], *args: str) -> list[dict[str, Any]]:
-    done = paylinks("dead-letters", "list", "--json", *args, env=env)
-    assert done.returncode == 0, done.stderr.decode()
-    return [json.loads(line) for line in done.stdout.splitlines()]
 
 
 def logged(logs: list[str], event: str) -> list[dict[str, Any]]:
