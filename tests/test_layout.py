@@ -25,7 +25,7 @@ NAME = re.compile(r"'([a-z_]+)'")
 # Words of a script's calls and replies, never stored.
 CALLS = {
     "paylinks.jobs/enqueue.lua": {"duplicate", "conflict"},
-    "paylinks.worker/ratelimit.lua": {"acquire", "release", "pause", "recover"},
+    "paylinks.worker/ratelimit.lua": {"acquire", "take", "release", "pause", "recover"},
 }
 LAYOUT_NAMES = {
     name

@@ -35,12 +35,17 @@ from paylinks.jobs.connection import connect
 from paylinks.worker.ratelimit import Limiter, RateLimit
 
 class Recording(Limiter):
-    granted = []
+    slots = {}
 
     async def _call(self, operation, *args):
         answer = await super()._call(operation, *args)
         if operation == "acquire" and answer[0] == 1:
-            self.granted.append(answer[2])
+            self.slots[answer[3] or len(self.slots)] = answer[2]
+        if operation == "take":
+            if answer[0] == 1:
+                self.slots[args[0]] = answer[1]
+            else:
+                self.slots.pop(args[0], None)
         return answer
 
 async def main(url, credential, limit, tasks, seconds):
@@ -57,7 +62,8 @@ async def main(url, credential, limit, tasks, seconds):
     await asyncio.get_running_loop().run_in_executor(None, sys.stdin.readline)
     end = time.time() + seconds
     await asyncio.gather(*(acquire(end) for _ in range(tasks)))
-    print(json.dumps({"entered": stamps, "granted": limiter.granted}), flush=True)
+    granted = list(limiter.slots.values())
+    print(json.dumps({"entered": stamps, "granted": granted}), flush=True)
     await redis.aclose()
 
 asyncio.run(main(sys.argv[1], sys.argv[2], sys.argv[3], int(sys.argv[4]), float(sys.argv[5])))
@@ -105,16 +111,26 @@ async def acquire_for(limiter: Limiter, seconds: float, tasks: int) -> list[floa
 
 
 class Recording(Limiter):
-    """A limiter that keeps every slot Redis reserved for it (µs, on Redis's clock)."""
+    """A limiter that keeps every slot Redis gave it (µs, on Redis's clock): where a late
+    sleeper's slot was moved to, and none that was given up."""
 
     def __init__(self, redis: Redis, credential: str, limit: RateLimit) -> None:
         super().__init__(redis, credential, limit)
-        self.granted: list[int] = []
+        self.slots: dict[object, int] = {}
+
+    @property
+    def granted(self) -> list[int]:
+        return list(self.slots.values())
 
     async def _call(self, operation: str, *args: str | int) -> Any:
         answer = await super()._call(operation, *args)
         if operation == "acquire" and answer[0] == 1:
-            self.granted.append(answer[2])
+            self.slots[answer[3] or len(self.slots)] = answer[2]
+        if operation == "take":
+            if answer[0] == 1:
+                self.slots[args[0]] = answer[1]
+            else:
+                self.slots.pop(args[0], None)
         return answer
 
 
@@ -276,7 +292,7 @@ async def test_slots_leave_room_for_calls_that_reach_the_api_late(
     limiter = Limiter(redis, CREDENTIAL, RateLimit(rate=rate, burst=burst, jitter=jitter))
     slots = []
     for _ in range(3 * rate):
-        answer, _, slot = await limiter._call("acquire", "", 10_000_000)
+        answer, _, slot, _ = await limiter._call("acquire", "", 10_000_000)
         assert answer == 1
         slots.append(slot)
     assert most_in_window(slots, 1 + jitter) <= rate + burst
@@ -284,6 +300,28 @@ async def test_slots_leave_room_for_calls_that_reach_the_api_late(
     steady = min(rate, (rate + burst) / (1 + jitter))
     spread = (max(slots) - min(slots)) / 1e6
     assert (len(slots) - burst) / spread >= 0.97 * steady
+
+
+async def test_a_sleeper_that_woke_late_calls_now_only_where_a_window_has_room(
+    redis: Redis,
+) -> None:
+    limiter = Limiter(redis, CREDENTIAL, RateLimit(rate=RATE, burst=BURST, jitter=JITTER))
+    slots_key = limiter._keys.slots
+    # Alone, a slot taken late moves to the time it is taken: the schedule keeps room for it.
+    _, _, first, first_id = await limiter._call("acquire", "", 10_000_000)
+    taken, at = await limiter._call("take", first_id, first)
+    assert taken == 1
+    assert at >= first
+    assert await redis.zscore(slots_key, first_id) == at
+    # Then two seconds of slots reserved back to back: the windows that hold now already
+    # have rate + burst slots, so a slot moved to now would be one too many. It is given up,
+    # and counts in no window any more.
+    reserved = [await limiter._call("acquire", "", 10_000_000) for _ in range(2 * RATE)]
+    assert most_in_window([r[2] for r in reserved] + [at], 1 + JITTER) == RATE + BURST
+    _, _, early, early_id = reserved[-1]
+    taken, _ = await limiter._call("take", early_id, early)
+    assert taken == 0
+    assert await redis.zscore(slots_key, early_id) is None
 
 
 async def test_a_pause_holds_every_slot_until_it_ends(redis: Redis) -> None:

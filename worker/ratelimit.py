@@ -136,7 +136,9 @@ class Limiter:
         waited = 0.0
         while True:
             remaining = deadline - time.monotonic()
-            answer, micros, slot = await self._call("acquire", lease, _micros(max(remaining, 0)))
+            answer, micros, slot, *reserved = await self._call(
+                "acquire", lease, _micros(max(remaining, 0))
+            )
             wait: float = micros / 1_000_000
             if answer == _TOO_LONG or (answer == _ALL_LEASED and remaining <= 0):
                 raise RateLimited(wait)
@@ -152,13 +154,17 @@ class Limiter:
             await asyncio.sleep(wait)
             waited += wait
             # A 429 during our sleep voids the slot: taking it would break the pause, and every
-            # sleeper taking it at the pause's end would be a burst. So does waking later than
-            # the slot after ours (a stalled process): the calls of all the slots it slept
-            # through would go out together. Reserve a later one; the void slot is lost,
-            # never given twice.
+            # sleeper taking it at the pause's end would be a burst. A stalled process that wakes
+            # late must not send its slot with the next ones either: the script moves the slot
+            # to now if every window that holds now has room for it, and gives it up if not.
+            # A slot given up is lost, never given twice; a later one is reserved.
+            if time.monotonic() - due > self._lateness:
+                taken, _ = await self._call("take", reserved[0], slot)
+                if taken:
+                    return waited
+                continue
             paused_until: str | None = await self.redis.get(self._keys.pause)
-            paused = paused_until is not None and int(paused_until) > slot
-            if not paused and time.monotonic() - due <= self._lateness:
+            if paused_until is None or int(paused_until) <= slot:
                 return waited
 
     async def _call(self, operation: str, *args: str | int) -> Any:

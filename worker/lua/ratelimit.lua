@@ -5,9 +5,12 @@
 -- ARGV: operation, rate (calls/s, 0 = unlimited), burst, max in flight (0 = no cap), lease (µs),
 --       adaptive ('1'/'0'), recovery period (µs), jitter (µs), then the operation's own
 --       arguments:
---   acquire lease-id max-wait-µs -> {1, wait µs, slot µs}: reserved, sleep until the slot
+--   acquire lease-id max-wait-µs -> {1, wait µs, slot µs, slot id}: reserved, sleep until the slot
 --                                   {0, wait µs, 0}: the slot is further than max-wait; nothing taken
 --                                   {2, µs until the first lease expires, 0}: every lease is held
+--   take slot-id slot-µs         -> {1, now µs}: a sleeper that woke late may call now, and its
+--                                   slot is moved to now; {0, 0}: it may not (a 429 came, or no
+--                                   window that holds now has room), and its slot is given up
 --   release lease-id             -> 1 if the lease was held
 --   pause µs                     -> 1 if the rate was lowered (adaptive mode)
 --   recover                      -> 1 if the rate was raised (adaptive mode)
@@ -97,7 +100,40 @@ if op == 'acquire' then
     redis.call('ZADD', leases_key, int(slot + lease_us), lease)
     keep(leases_key, slot + lease_us - t)
   end
-  return {1, slot - t, slot}
+  return {1, slot - t, slot, tat and int(tat) or ''}
+end
+
+if op == 'take' then
+  local id, slot = ARGV[9], tonumber(ARGV[10])
+  local t = now()
+  local paused = tonumber(redis.call('GET', pause_key) or 0) > slot
+  if id ~= '' then redis.call('ZREM', slots_key, id) end
+  if paused then return {0, 0} end
+  if id == '' then return {1, t} end
+  -- Every window of one second plus jitter that holds now must keep room for one more slot;
+  -- the fullest of them starts at a slot (or at now).
+  local window = 1000000 + jitter_us
+  local ceiling = math.floor(rate) + burst
+  local near = redis.call('ZRANGEBYSCORE', slots_key, int(t - window), int(t + window),
+    'WITHSCORES')
+  local times, placed = {}, false
+  for i = 2, #near, 2 do
+    local at = tonumber(near[i])
+    if not placed and at > t then times[#times + 1], placed = t, true end
+    times[#times + 1] = at
+  end
+  if not placed then times[#times + 1] = t end
+  local hi = 1
+  for lo = 1, #times do
+    if times[lo] > t then break end
+    if times[lo] >= t - window then
+      while hi <= #times and times[hi] <= times[lo] + window do hi = hi + 1 end
+      if hi - lo > ceiling then return {0, 0} end
+    end
+  end
+  redis.call('ZADD', slots_key, int(t), id)
+  keep(slots_key, window)
+  return {1, t}
 end
 
 if op == 'release' then
