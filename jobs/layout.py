@@ -104,6 +104,15 @@ def worker_health_key(host: str, pid: int) -> str:
     return f"{_WORKER_HEALTH_PREFIX}{host}:{pid}"
 
 
+# The workers started and not stopped: each one's health record key (`worker_health_key`),
+# scored by when it started (ms, Redis' clock). A worker adds itself at startup and removes
+# itself as it stops; a killed one's is pruned once its record is gone (`worker/registry.py`).
+WORKERS = f"{PREFIX}:workers"
+# The API credentials (`credential_id`) workers use, scored by when a worker last named it (ms):
+# where the dashboard finds limiter state (`limiter_keys`) without walking the keyspace.
+CREDENTIALS = f"{PREFIX}:credentials"
+
+
 def worker_of_health_key(key: str) -> tuple[str, int] | None:
     """(host, pid) of a worker's health record (`worker_health_key` backwards), or None."""
     if key.startswith(_WORKER_HEALTH_PREFIX):

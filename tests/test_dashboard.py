@@ -320,29 +320,80 @@ async def test_the_fleet_page_counts_each_worker_alive_and_drops_one_that_stoppe
         with dashboard(env) as base:
             async with browser_like(base) as http:
                 page = await until_workers_alive(http, 2)
-                for worker in workers:
+                keys = [layout.worker_health_key(socket.gethostname(), w.pid) for w in workers]
+                for worker, key in zip(workers, keys, strict=True):
                     assert f"<td>{worker.pid}</td>" in page
-                    key = layout.worker_health_key(socket.gethostname(), worker.pid)
                     assert "j_complete=" in await redis.get(key)
+                    assert await redis.zscore(layout.WORKERS, key) is not None
 
-                # SIGTERM: the worker deletes its own record as it stops.
+                # SIGTERM: the worker deletes its own record and its member as it stops.
                 workers[0].terminate()
                 assert workers[0].wait(60) == 0
+                assert await redis.zscore(layout.WORKERS, keys[0]) is None
                 alive, page = await workers_alive(http)
                 assert alive == 1
                 assert f"<td>{workers[0].pid}</td>" not in page
                 assert f"<td>{workers[1].pid}</td>" in page
 
-                # SIGKILL: nothing deletes it, and it expires a second after the next was due.
+                # SIGKILL: nothing deletes them; the record expires a second after the next
+                # was due, and the page then prunes the member.
                 workers[1].kill()
                 workers[1].wait(60)
                 page = await until_workers_alive(http, 0)
                 assert "No worker alive" in page
+                deadline = time.monotonic() + DEADLINE_S
+                while await redis.zscore(layout.WORKERS, keys[1]) is not None:
+                    assert time.monotonic() < deadline, "the killed worker's member stayed"
+                    await workers_alive(http)
+                    await asyncio.sleep(0.2)
+                assert await redis.zcard(layout.WORKERS) == 0
     finally:
         for worker in workers:
             if worker.poll() is None:
                 worker.kill()
             worker.wait(60)
+
+
+async def scans(redis: Redis) -> int:
+    """SCAN calls the test Redis has answered since it started."""
+    stats = await redis.info("commandstats")
+    return int(stats.get("cmdstat_scan", {}).get("calls", 0))
+
+
+async def test_the_fleet_page_reads_the_registry_and_never_scans(
+    redis: Redis, env: dict[str, str], tmp_path: Path
+) -> None:
+    env = env | {"PAYLINKS_HEALTH_CHECK_INTERVAL": "1"}
+    worker = spawn_worker(env, tmp_path / "worker.log")
+    try:
+        deadline = time.monotonic() + DEADLINE_S
+        while not (named := await redis.zrange(layout.CREDENTIALS, 0, -1)):
+            assert time.monotonic() < deadline, "the worker registered no credential"
+            await asyncio.sleep(0.2)
+        [credential] = named
+        # Limiter state, as a 429 leaves it: a pause of a minute.
+        seconds, micros = await redis.time()
+        until = seconds * 1_000_000 + micros + 60_000_000
+        await redis.set(layout.limiter_keys(credential).pause, until, px=60_000)
+        # A credential no worker has named for long and with no limiter state, and a killed
+        # worker's member: both forgotten by the page.
+        await redis.zadd(layout.CREDENTIALS, {"old-credential": 1})
+        dead = layout.worker_health_key("gone.example.com", 1)
+        await redis.zadd(layout.WORKERS, {dead: 1})
+        with dashboard(env) as base:
+            async with browser_like(base) as http:
+                before = await scans(redis)
+                page = await until_workers_alive(http, 1)
+                assert f"<td>{worker.pid}</td>" in page
+                assert f"<code>{credential}</code>" in page
+                assert re.search(r"paused \d+\.\d s more", page)
+                assert "old-credential" not in page
+                assert await scans(redis) == before
+        assert await redis.zrange(layout.CREDENTIALS, 0, -1) == [credential]
+        assert await redis.zscore(layout.WORKERS, dead) is None
+    finally:
+        worker.terminate()
+        worker.wait(60)
 
 
 async def test_arqs_health_check_finds_no_per_worker_record_and_says_so(

@@ -72,6 +72,7 @@ def test_key_names_are_those_earlier_releases_wrote() -> None:
         for name in ("pause", "tat", "leases", "wake", "adaptive", "slots")
     ]
     assert layout.worker_health_key("host-1", 42) == "paylinks:queue:health-check:host-1:42"
+    assert [layout.WORKERS, layout.CREDENTIALS] == ["paylinks:workers", "paylinks:credentials"]
 
 
 def test_a_scan_pattern_finds_its_keys_and_reads_them_back_and_nothing_else() -> None:

@@ -28,6 +28,7 @@ from paylinks.worker.conomy import ConomyClient, open_http
 from paylinks.worker.health import HealthConfig
 from paylinks.worker.outcomes import Outcomes
 from paylinks.worker.ratelimit import Limiter, RateLimit
+from paylinks.worker.registry import Registration
 from paylinks.worker.tasks import Deps, create_checkout_session
 from paylinks.worker.webhooks import notify_batch_completed
 
@@ -49,10 +50,20 @@ async def startup(ctx: dict[str, Any]) -> None:
     )
     limiter = Limiter(redis, credential_id(conomy), limit)
     ctx["paylinks"] = Deps(config, redis, http, client, Outcomes(redis), limiter)
+    if "health_key" in ctx:  # an arq worker (`worker_settings`), which writes that record
+        # Where the dashboard finds this worker's health record and its credential's limiter.
+        registration = Registration(
+            redis, ctx["health_key"], credential_id(conomy), ctx["health"].health_check_interval
+        )
+        await registration.start()
+        ctx["registration"] = registration
 
 
 async def shutdown(ctx: dict[str, Any]) -> None:
     deps: Deps | None = ctx.get("paylinks")
+    registration: Registration | None = ctx.get("registration")
+    if registration:  # arq has deleted the health record by now
+        await registration.stop()
     if deps:
         await deps.http.close()
         await deps.redis.aclose()
@@ -95,9 +106,10 @@ def worker_settings(
     CLI (`arq paylinks.worker.app.WorkerSettings`) take them from. `health` is read from
     the environment when not given."""
     health = health or load(HealthConfig)
+    health_key = layout.worker_health_key(socket.gethostname(), os.getpid())
     return {
         **FIXED,
-        "ctx": {"config": config, "conomy": conomy},
+        "ctx": {"config": config, "conomy": conomy, "health": health, "health_key": health_key},
         "redis_settings": redis_settings(str(config.redis_url)),
         "max_jobs": config.concurrency,
         "job_timeout": config.job_timeout,
@@ -111,7 +123,7 @@ def worker_settings(
         # A health record of this process's own, so that the fleet's workers can be counted
         # (arq's default, one key per queue, is overwritten by every worker). This is also
         # the key `arq ... --check` reads, in its own process: it finds no worker's there.
-        "health_check_key": layout.worker_health_key(socket.gethostname(), os.getpid()),
+        "health_check_key": health_key,
         "health_check_interval": health.health_check_interval,
     }
 
