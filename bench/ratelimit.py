@@ -28,7 +28,7 @@ ROOT = Path(__file__).resolve().parent.parent
 RATE, BURST = 50, 5
 CONCURRENCIES = (5, 20, 50, 100)
 LATENCY_MS = 20
-MIN_MEAN_SHARE = 0.95
+MIN_MEAN_SHARE = 0.97
 
 
 def max_one_second_window(times: list[float]) -> int:
