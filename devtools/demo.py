@@ -72,7 +72,8 @@ async def _enqueue_and_watch(file: str) -> int:
     configure("WARNING")
     async with Producer.connect() as producer:
         with open(file, "rb") as lines:
-            report = await producer.enqueue_numbered(read_json_lines(lines))
+            requests = read_json_lines(lines, producer.config.default_duration)
+            report = await producer.enqueue_numbered(requests)
         print(
             f"batch {report.batch}: enqueued {report.enqueued}, "
             f"duplicates {report.duplicates}, rejected {len(report.rejected)}"

@@ -34,10 +34,8 @@ class ConomyConfig(BaseSettings):
     auth_url: AnyHttpUrl | None = None
     client_id: str | None = None
     client_secret: SecretStr | None = None
-    # What the reference leaves unnamed: the header an API reads an idempotency key from,
-    # and the field of the url a payer is sent to after a failed payment.
+    # What the reference leaves unnamed: the header an API reads an idempotency key from.
     idempotency_header: str = "Idempotency-Key"
-    failure_url_field: str = "failureUrl"
 
     @model_validator(mode="after")
     def _one_way_to_authenticate(self) -> Self:
