@@ -37,7 +37,9 @@ def run_demo(file: str, *, workers: int = 2) -> int:
         os.environ.update(
             CONOMY_BASE_URL=f"http://127.0.0.1:{port}/sandbox",
             CONOMY_API_KEY="sandbox-key",
-            CONOMY_ACCESS_TOKEN="sandbox-token",
+            # Credentials, as production has them: the workers ask the sandbox's /auth for tokens.
+            CONOMY_CLIENT_ID="sandbox-client",
+            CONOMY_CLIENT_SECRET="sandbox-secret",
         )
         log = stack.enter_context(open(log_path, "ab"))
         sandbox = ["sandbox", "--port", str(port), *SANDBOX_FAULTS]
