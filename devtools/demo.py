@@ -37,7 +37,9 @@ def run_demo(file: str, *, workers: int = 2) -> int:
         os.environ.update(
             CONOMY_BASE_URL=f"http://127.0.0.1:{port}/sandbox",
             CONOMY_API_KEY="sandbox-key",
-            CONOMY_ACCESS_TOKEN="sandbox-token",
+            # Credentials, as production has them: the workers ask the sandbox's /auth for tokens.
+            CONOMY_CLIENT_ID="sandbox-client",
+            CONOMY_CLIENT_SECRET="sandbox-secret",
         )
         log = stack.enter_context(open(log_path, "ab"))
         sandbox = ["sandbox", "--port", str(port), *SANDBOX_FAULTS]
@@ -72,7 +74,8 @@ async def _enqueue_and_watch(file: str) -> int:
     configure("WARNING")
     async with Producer.connect() as producer:
         with open(file, "rb") as lines:
-            report = await producer.enqueue_numbered(read_json_lines(lines))
+            requests = read_json_lines(lines, producer.config.default_duration)
+            report = await producer.enqueue_numbered(requests)
         print(
             f"batch {report.batch}: enqueued {report.enqueued}, "
             f"duplicates {report.duplicates}, rejected {len(report.rejected)}"

@@ -21,12 +21,10 @@ from aiohttp import web
 from aiohttp.typedefs import Handler
 from pydantic import BaseModel, ConfigDict, Field, NonNegativeFloat, NonNegativeInt, ValidationError
 
+from paylinks.devtools import contract
 from paylinks.devtools.sandbox_options import SandboxOptions
-from paylinks.jobs.intake import describe
-from paylinks.jobs.models import CheckoutRequest, minor_units
 
 API_VERSION = "24-04-2025"
-DEFAULT_DURATION = 86400
 _KEPT_REQUESTS = 1000
 
 
@@ -123,14 +121,15 @@ def _checkout(
         raise _ApiError(415, "unsupported_media_type", "Content-Type must be application/json")
     body = _json_object(text)
     try:
-        # The API names fields in camelCase only, so a client sending snake_case must fail here.
-        checkout = CheckoutRequest.model_validate(body, by_alias=True, by_name=False)
-    except ValidationError as error:
-        raise _ApiError(400, "invalid_request", describe(error)) from None
+        contract.check_checkout(body)
+    except contract.RefusalError as refusal:
+        return web.json_response(
+            contract.error_body(400, refusal.code, refusal.type, refusal.detail), status=400
+        )
     options = sandbox.options
-    if options.reject_prefix and checkout.checkout_token.startswith(options.reject_prefix):
+    if options.reject_prefix and str(body.get("checkoutToken")).startswith(options.reject_prefix):
         message = (
-            f"owner.identityId {checkout.owner.identity_id!r} is not an identity of this account"
+            f"owner.identityId {body['owner']['identityId']!r} is not an identity of this account"
         )
         raise _ApiError(400, "invalid_request", message)
     if sandbox.chance(options.error_rate):
@@ -145,7 +144,7 @@ def _checkout(
             message = f"Idempotency-Key {key!r} was first sent with another body"
             raise _ApiError(409, "idempotency_conflict", message)
         return web.json_response(records.sessions[session_id], status=201)
-    session = _session(checkout, body, request)
+    session = _session(body, request)
     records.sessions[session["id"]] = session
     if key:
         records.replays[key] = (body, session["id"])
@@ -166,23 +165,21 @@ def _check_headers(request: web.Request, sandbox: _Sandbox) -> None:
         raise _ApiError(400, "unsupported_api_version", message)
 
 
-def _session(
-    checkout: CheckoutRequest, body: dict[str, Any], request: web.Request
-) -> dict[str, Any]:
+def _session(body: dict[str, Any], request: web.Request) -> dict[str, Any]:
     session_id = f"cs_{uuid.uuid4().hex}"
     created = datetime.now(UTC)
-    expires = created + timedelta(seconds=checkout.duration or DEFAULT_DURATION)
-    currency = checkout.currency
+    expires = created + timedelta(seconds=body["duration"])
+    currency = body["currency"]
     return {
         "id": session_id,
         "paymentLinkId": f"pl_{uuid.uuid4().hex}",
-        "checkoutToken": checkout.checkout_token,
+        "checkoutToken": body.get("checkoutToken"),
         "paymentConfigs": [
             {
                 "currency": currency,
                 "product": "CHECKOUT",
                 "exchangeRate": "1",
-                "paymentMethods": checkout.payment_methods_allowed,
+                "paymentMethods": body["paymentMethodsAllowed"],
             }
         ],
         "createdAt": _timestamp(created),
@@ -190,12 +187,12 @@ def _session(
         "status": "ACTIVE",
         "items": body["items"],
         "currency": currency,
-        "preTaxAmount": _sum([item.pre_tax_amount for item in checkout.items], currency),
-        "totalAmount": _sum([item.total_amount for item in checkout.items], currency),
+        "preTaxAmount": _sum([item["preTaxAmount"] for item in body["items"]], currency),
+        "totalAmount": _sum([item["totalAmount"] for item in body["items"]], currency),
         "url": f"{request.scheme}://{request.host}/sandbox/pay/{session_id}",
-        "paymentMethodsAllowed": checkout.payment_methods_allowed,
+        "paymentMethodsAllowed": body["paymentMethodsAllowed"],
         "customer": body.get("customer"),
-        "redirectUrl": checkout.success_url,
+        "redirectUrl": body.get("successUrl"),
         "destinations": body["destinations"],
         "customerRequirements": body.get("customerRequirements"),
         "owner": body["owner"],
@@ -203,7 +200,7 @@ def _session(
 
 
 def _sum(amounts: list[str], currency: str) -> str:
-    exponent = Decimal(1).scaleb(-(minor_units(currency) or 0))
+    exponent = Decimal(1).scaleb(-contract.CURRENCY_DECIMALS[currency])
     return f"{sum(map(Decimal, amounts), Decimal(0)).quantize(exponent):f}"
 
 
@@ -239,27 +236,35 @@ async def _get_session(request: web.Request) -> web.Response:
 
 
 async def _issue_token(request: web.Request) -> web.Response:
-    # Undocumented by Conomy; this is OAuth2 client credentials, as a form or a JSON body.
+    """POST /auth as the reference documents it: the API key, then the client's credentials."""
     sandbox = request.app[_SANDBOX]
     options = sandbox.options
-    form: Mapping[str, object]
-    if request.content_type == "application/json":
-        form = _json_object(await request.text())
-    else:
-        form = await request.post()
-    if form.get("grant_type") != "client_credentials":
-        raise _ApiError(400, "unsupported_grant_type", "grant_type must be client_credentials")
-    if (form.get("client_id"), form.get("client_secret")) != (
+    if request.headers.get("x-api-key") != options.api_key:
+        return _auth_refusal(403, "43", "forbiddenOperation", "x-api-key is missing or wrong")
+    try:
+        credentials = json.loads(await request.text())
+    except ValueError:
+        credentials = None
+    if not isinstance(credentials, dict):
+        return _auth_refusal(400, "14", "parsingResource", "the body is not a JSON object")
+    for name in ("clientId", "clientSecret"):
+        if not isinstance(credentials.get(name), str):
+            return _auth_refusal(400, *contract.MISSING, f"{name} is required")
+    if (credentials["clientId"], credentials["clientSecret"]) != (
         options.client_id,
         options.client_secret,
     ):
-        raise _ApiError(401, "invalid_client", "client_id or client_secret is wrong")
+        return _auth_refusal(401, "41", "unauthorized", "clientId or clientSecret is wrong")
     token = f"sbx_{secrets.token_urlsafe(24)}"
     sandbox.tokens[token] = time.monotonic() + options.token_ttl
     sandbox.records.tokens_issued += 1
     return web.json_response(
-        {"access_token": token, "token_type": "Bearer", "expires_in": options.token_ttl}
+        {"accessToken": token, "tokenType": "Bearer", "expiresIn": options.token_ttl}
     )
+
+
+def _auth_refusal(status: int, code: str, type: str, detail: str) -> web.Response:
+    return web.json_response(contract.error_body(status, code, type, detail), status=status)
 
 
 async def _stats(request: web.Request) -> web.Response:
@@ -282,7 +287,8 @@ async def _set_faults(request: web.Request) -> web.Response:
     try:
         faults = _Faults.model_validate(_json_object(await request.text()))
     except ValidationError as error:
-        raise _ApiError(400, "invalid_request", describe(error)) from None
+        problems = "; ".join(f"{'.'.join(map(str, e['loc']))}: {e['msg']}" for e in error.errors())
+        raise _ApiError(400, "invalid_request", problems) from None
     for name, value in faults.model_dump(exclude_unset=True).items():
         setattr(options, name, value)
     return web.json_response({name: getattr(options, name) for name in _Faults.model_fields})
@@ -318,7 +324,7 @@ def build_app(options: SandboxOptions) -> web.Application:
         [
             web.post("/sandbox/checkout-sessions", _create_session),
             web.get("/sandbox/checkout-sessions/{id}", _get_session),
-            web.post("/sandbox/oauth/token", _issue_token),
+            web.post("/sandbox/auth", _issue_token),
             # Test controls, not part of the Conomy API: inspect what clients sent, set faults.
             web.get("/sandbox/_control/stats", _stats),
             web.post("/sandbox/_control/faults", _set_faults),

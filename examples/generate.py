@@ -9,7 +9,7 @@ from decimal import ROUND_HALF_UP, Decimal
 from pathlib import Path
 from typing import Any
 
-from paylinks.jobs.models import CheckoutRequest, minor_units
+from paylinks.jobs.models import DECIMALS, CheckoutRequest
 
 HERE = Path(__file__).resolve().parent
 SEED = 20260401
@@ -19,14 +19,25 @@ FIRST_INVOICE = 100
 # Weights follow the invoicing system's fictional customer base, mostly Chilean.
 CURRENCIES = {"CLP": 30, "MXN": 18, "COP": 15, "USD": 15, "PEN": 11, "ARS": 11}
 
-# Value-added tax per currency's country; USD invoices carry a US-style sales tax.
-TAX_RATES = {
-    "CLP": Decimal("0.19"),
-    "MXN": Decimal("0.16"),
-    "COP": Decimal("0.19"),
-    "PEN": Decimal("0.18"),
-    "ARS": Decimal("0.21"),
-    "USD": Decimal("0.0725"),
+# Value-added tax per currency's country, as a name and a percentage; USD invoices carry a
+# US-style sales tax.
+TAXES = {
+    "CLP": ("IVA", "19"),
+    "MXN": ("IVA", "16"),
+    "COP": ("IVA", "19"),
+    "PEN": ("IGV", "18"),
+    "ARS": ("IVA", "21"),
+    "USD": ("Sales tax", "7.25"),
+}
+
+# Besides cards, the local way to pay in each currency's country.
+LOCAL_METHODS = {
+    "CLP": "WEBPAY",
+    "MXN": "SPEI",
+    "COP": "PSE",
+    "PEN": "BANK_ACCOUNT",
+    "ARS": "CVU",
+    "USD": "ACH",
 }
 
 # Unit prices in major units, wide enough to give invoices of plausible size per currency.
@@ -89,7 +100,7 @@ REQUIREMENTS = [["firstName", "lastName", "email"], ["email"], ["email", "phoneN
 
 
 def quantum(currency: str) -> Decimal:
-    return Decimal(1).scaleb(-(minor_units(currency) or 0))
+    return Decimal(1).scaleb(-DECIMALS[currency])
 
 
 def money(value: Decimal, currency: str) -> str:
@@ -121,8 +132,14 @@ def items(rng: random.Random, currency: str, taxed: bool) -> list[dict[str, Any]
         }
         # Some lines of a taxed invoice are exempt, as services abroad often are.
         if taxed and rng.random() < 0.9:
-            tax = Decimal(money(pre_tax * TAX_RATES[currency], currency))
-            item["tax"] = {"amount": money(tax, currency)}
+            name, percent = TAXES[currency]
+            tax = Decimal(money(pre_tax * Decimal(percent) / 100, currency))
+            item["tax"] = {
+                "name": name,
+                "type": "PERCENTAGE",
+                "value": percent,
+                "amount": money(tax, currency),
+            }
             item["totalAmount"] = money(pre_tax + tax, currency)
         lines.append(item)
     return lines
@@ -197,7 +214,11 @@ def destinations(
             "account": account(rng, currency, name),
             "name": name,
             "externalId": f"{invoice}-D{index}",
-            "metadata": {"invoice": invoice, "share": index},
+            "metadata": {
+                "image": "https://billing.example.com/logo.png",
+                "description": f"{name}, share {index} of {invoice}",
+                "category": "marketplace-split",
+            },
         }
         for index, (name, amount) in enumerate(shares, start=1)
     ]
@@ -212,19 +233,18 @@ def checkout(rng: random.Random, number: int) -> dict[str, Any]:
         "checkoutToken": token,
         "items": lines,
         "currency": currency,
-        "paymentMethodsAllowed": rng.choice([["CARD"], ["CARD", "BANK_TRANSFER"]]),
+        "paymentMethodsAllowed": rng.choice([["CARD"], ["CARD", LOCAL_METHODS[currency]]]),
     }
     if rng.random() < 0.85:
         request["customer"] = customer(rng, currency, number)
     request["destinations"] = destinations(rng, currency, total, token)
-    if rng.random() < 0.9:
-        request["duration"] = rng.choice(DURATIONS)
+    request["duration"] = rng.choice(DURATIONS)
     if rng.random() < 0.3:
         request["customerRequirements"] = rng.choice(REQUIREMENTS)
     request["owner"] = rng.choice(OWNERS)
     if rng.random() < 0.4:
         base = f"https://billing.example.com/invoices/{token}"
-        request |= {"successUrl": f"{base}/paid", "failureUrl": f"{base}/retry"}
+        request |= {"successUrl": f"{base}/paid", "failedUrl": f"{base}/retry"}
     return request
 
 

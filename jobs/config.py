@@ -5,6 +5,8 @@ from typing import Literal
 from pydantic import Field, PositiveInt, RedisDsn, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
+from paylinks.jobs.models import DEFAULT_DURATION, MIN_DURATION
+
 THIRTY_DAYS = 30 * 24 * 3600
 
 
@@ -21,7 +23,14 @@ class LogConfig(BaseSettings):
         return value.upper() if isinstance(value, str) else value
 
 
-class ProducerConfig(LogConfig):
+class IntakeConfig(LogConfig):
+    """What validating requests reads: `paylinks schema` needs no Redis."""
+
+    # Seconds a payment link lives when a request gives no `duration`; filled in at intake.
+    default_duration: int = Field(DEFAULT_DURATION, ge=MIN_DURATION)
+
+
+class ProducerConfig(IntakeConfig):
     # No default: a command run on the wrong host, or with the variable lost, would quietly
     # enqueue into (or report on) whatever Redis answers on 127.0.0.1:6379.
     redis_url: RedisDsn = Field(validation_alias="REDIS_URL")

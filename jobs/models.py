@@ -2,15 +2,11 @@
 
 from __future__ import annotations
 
-import re
 from collections.abc import Mapping
 from decimal import Decimal
-from functools import cache
 from typing import Annotated, Any, Literal
 
-import iso4217
 from pydantic import (
-    AfterValidator,
     BaseModel,
     ConfigDict,
     Field,
@@ -29,24 +25,40 @@ AMOUNT_RULE = (
     "must be a non-negative decimal string such as '1500' or '12.50' "
     "(at most 18 digits before the point)"
 )
+# The API carries the token in a URL path (/checkout-sessions/token/{checkoutToken}/refresh):
+# only URL-unreserved characters (RFC 3986), which no client or proxy escapes or rewrites.
+TOKEN_PATTERN = r"^[A-Za-z0-9._~-]{1,128}$"
+TOKEN_RULE = "must be 1 to 128 of the characters A-Z a-z 0-9 . _ ~ -"
+# The published schema requires `duration`; intake fills this in when a request leaves it out
+# (PAYLINKS_DEFAULT_DURATION), so the stored body is the body sent.
+DEFAULT_DURATION = 86400
+MIN_DURATION = 30
 
-
-def _currency_code(value: str) -> str:
-    if minor_units(value) is None:
-        raise ValueError(f"{value!r} is not an ISO 4217 currency code with minor units")
-    return value
-
-
-@cache
-def minor_units(currency: str) -> int | None:
-    """Decimals ISO 4217 allows for `currency`, or None when it is not a payable currency."""
-    if not re.fullmatch(r"[A-Z]{3}", currency):
-        return None
-    try:
-        exponent = iso4217.Currency(currency).exponent
-    except ValueError:
-        return None
-    return exponent if isinstance(exponent, int) else None
+Currency = Literal[
+    "CLP", "MXN", "COP", "PEN", "BOB", "PYG", "AUD", "ARS", "BRL", "USD", "CAD", "EUR", "GBP",
+    "USDC", "USDT",
+]  # fmt: skip
+# Decimals an amount may carry, per currency: ISO 4217's minor units for money, and 6 for the
+# stablecoins, the smallest unit USDC and USDT have on the chains that issue them.
+DECIMALS: dict[str, int] = {
+    "CLP": 0, "MXN": 2, "COP": 2, "PEN": 2, "BOB": 2, "PYG": 0, "AUD": 2, "ARS": 2, "BRL": 2,
+    "USD": 2, "CAD": 2, "EUR": 2, "GBP": 2, "USDC": 6, "USDT": 6,
+}  # fmt: skip
+PaymentMethod = Literal[
+    "CARD", "CRYPTO", "ACCOUNT", "BANK_ACCOUNT", "PIX", "PCT", "CVU", "ETPAY", "FINTOC", "WEBPAY",
+    "SPEI", "PSE", "BANCOLOMBIA", "DAVIVIENDA", "DAVIPLATA", "NEQUI", "BREB", "WOMPI", "LIGO",
+    "SIP", "ACH", "WIRE", "FEDNOW", "RTP", "SEPA", "FPE", "SWIFT",
+]  # fmt: skip
+CustomerRequirement = Literal[
+    "firstName", "email", "lastName", "phoneNumber", "phoneNumberPrefix", "address",
+    "documentNumber", "documentType",
+]  # fmt: skip
+# The reference's list, and CC and SSN, which its examples use.
+DocumentType = Literal[
+    "PASSPORT", "RFC", "CURP", "RUT", "CED_CIU", "CED_EXT", "NIT", "DNI", "CE", "RUC", "CUIL",
+    "CUIT", "CC", "SSN",
+]  # fmt: skip
+AccountType = Literal["CHECKING", "ASSET", "SAVINGS", "ESCROW", "FEE"]
 
 
 def decimals(amount: str) -> int:
@@ -55,7 +67,7 @@ def decimals(amount: str) -> int:
 
 
 Amount = Annotated[str, StringConstraints(strict=True, pattern=AMOUNT_PATTERN)]
-CurrencyCode = Annotated[StrictStr, AfterValidator(_currency_code)]
+CheckoutToken = Annotated[str, StringConstraints(strict=True, pattern=TOKEN_PATTERN)]
 Text = Annotated[StrictStr, Field(min_length=1)]
 
 
@@ -71,9 +83,10 @@ class _Wire(BaseModel):
 
 
 class Tax(_Wire):
-    # The reference documents only `amount`; other provider fields pass through untouched.
-    model_config = ConfigDict(extra="allow")
-
+    name: Text
+    type: Literal["FIXED", "PERCENTAGE"]
+    # The rate or the fixed amount, as the provider's string.
+    value: Text
     amount: Amount
 
 
@@ -91,16 +104,22 @@ class Customer(_Wire):
     email: StrictStr | None = None
     phone_number: StrictStr | None = None
     phone_number_prefix: StrictStr | None = None
-    document_type: StrictStr | None = None
+    document_type: DocumentType | None = None
     document_number: StrictStr | None = None
     address: dict[str, Any] | None = None
 
 
 class Account(_Wire):
-    type: StrictStr | None = None
-    currency: StrictStr | None = None
-    account_number: StrictStr | None = None
-    account_holder: StrictStr | None = None
+    type: AccountType
+    currency: Currency
+    account_number: Text
+    account_holder: Text
+
+
+class Metadata(_Wire):
+    image: StrictStr
+    description: StrictStr
+    category: StrictStr
 
 
 class Destination(_Wire):
@@ -109,7 +128,7 @@ class Destination(_Wire):
     account: Account
     name: StrictStr | None = None
     external_id: StrictStr | None = None
-    metadata: dict[str, Any] | None = None
+    metadata: Metadata | None = None
 
 
 class Identity(_Wire):
@@ -122,20 +141,19 @@ class Identity(_Wire):
 
 
 class CheckoutRequest(_Wire):
-    """The body of `POST /checkout-sessions`, checked as a careful client does before calling."""
+    """The body of `POST /checkout-sessions`, checked against the published schema."""
 
-    checkout_token: Annotated[StrictStr, Field(min_length=1, max_length=255)]
+    checkout_token: CheckoutToken
     items: Annotated[list[Item], Field(min_length=1)]
-    currency: CurrencyCode
-    payment_methods_allowed: Annotated[list[Text], Field(min_length=1)]
+    currency: Currency
+    payment_methods_allowed: Annotated[list[PaymentMethod], Field(min_length=1)]
     customer: Customer | None = None
     destinations: Annotated[list[Destination], Field(min_length=1)]
-    duration: Annotated[StrictInt, Field(gt=0)] | None = None
-    customer_requirements: list[Text] | None = None
+    duration: Annotated[StrictInt, Field(ge=MIN_DURATION)]
+    customer_requirements: list[CustomerRequirement] | None = None
     owner: Identity
     success_url: Text | None = None
-    # The reference does not name the failure url field; `failureUrl` is its likely name.
-    failure_url: Text | None = None
+    failed_url: Text | None = None
 
     # One validator for every sum, run once per request: a validator per item cost more than
     # the checks themselves. The message names the item, as an item's own validator would.
@@ -164,7 +182,7 @@ class CheckoutRequest(_Wire):
         for i, destination in enumerate(self.destinations):
             destined += Decimal(destination.amount)
             amounts.append((("destinations", i, "amount"), destination.amount))
-        allowed = minor_units(self.currency) or 0
+        allowed = DECIMALS[self.currency]
         for (section, index, name), amount in amounts:
             if decimals(amount) > allowed:
                 raise ValueError(
@@ -183,6 +201,15 @@ class CheckoutRequest(_Wire):
     def wire(self) -> dict[str, Any]:
         """The JSON body to send: reference field names, only the fields the producer gave."""
         return self.model_dump(mode="json", by_alias=True, exclude_unset=True)
+
+
+def request_schema(default_duration: int = DEFAULT_DURATION) -> dict[str, Any]:
+    """The JSON Schema of what intake accepts, by wire names: the request's published schema,
+    with `duration` optional because intake fills in `default_duration`."""
+    schema = CheckoutRequest.model_json_schema(by_alias=True, mode="validation")
+    schema["required"].remove("duration")
+    schema["properties"]["duration"]["default"] = default_duration
+    return schema
 
 
 def personal_data(body: Mapping[str, Any]) -> list[str]:

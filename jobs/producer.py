@@ -120,7 +120,8 @@ class Producer:
         The batch exists only if something new was enqueued (`report.opened`); requests
         enqueued before are where `report.duplicate_batches` says.
         """
-        return await self.enqueue_numbered(_checked(requests), batch, webhook_url)
+        checked_requests = _checked(requests, self.config.default_duration)
+        return await self.enqueue_numbered(checked_requests, batch, webhook_url)
 
     async def enqueue_numbered(
         self,
@@ -289,11 +290,12 @@ def _same_request(stored: str | None, body: bytes) -> bool:
 async def _checked(
     requests: Iterable[Mapping[str, Any] | CheckoutRequest]
     | AsyncIterable[Mapping[str, Any] | CheckoutRequest],
+    default_duration: int,
 ) -> AsyncIterator[Numbered]:
     position = 0
     async for request in _each(requests):
         position += 1
-        yield checked(position, request)
+        yield checked(position, request, default_duration)
 
 
 async def _next(items: AsyncIterator[T]) -> T:

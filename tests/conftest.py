@@ -41,8 +41,7 @@ def sandbox_process() -> Iterator[Sandbox]:
     sandbox = Sandbox(free_port())
     wait_for_port(sandbox.port)
     yield sandbox
-    sandbox.process.terminate()
-    sandbox.process.wait(10)
+    sandbox.stop()
 
 
 @pytest.fixture

@@ -21,18 +21,24 @@ EXAMPLES = ROOT / "examples"
 CHECKOUTS = EXAMPLES / "checkouts.jsonl"
 ACCESS_TOKEN = "sandbox-token"
 API_KEY = "sandbox-key"
+CLIENT_ID = "sandbox-client"
+CLIENT_SECRET = "sandbox-secret"
 
 
 class Sandbox:
     """The sandbox API in its own process, driven through its control endpoints."""
 
-    def __init__(self, port: int) -> None:
+    def __init__(self, port: int, *flags: str) -> None:
         self.port = port
         self.base_url = f"http://127.0.0.1:{port}/sandbox"
         self.process = subprocess.Popen(
-            [sys.executable, "-m", "paylinks", "sandbox", "--port", str(port)],
+            [sys.executable, "-m", "paylinks", "sandbox", "--port", str(port), *flags],
             stderr=subprocess.DEVNULL,
         )
+
+    def stop(self) -> None:
+        self.process.terminate()
+        self.process.wait(10)
 
     async def control(self, method: str, path: str, body: Any = None) -> Any:
         async with (

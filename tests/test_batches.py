@@ -18,6 +18,7 @@ from redis.asyncio import Redis
 
 from paylinks.devtools.ports import free_port
 from paylinks.jobs.layout import COMPLETED_BATCHES, QUEUE, checkout_key, idempotency_key
+from paylinks.jobs.models import DEFAULT_DURATION
 from tests.helpers import (
     EXAMPLES,
     Sandbox,
@@ -127,7 +128,7 @@ async def test_the_invoice_export_is_enqueued_through_its_template(
                 "preTaxAmount": "339000",
                 "totalAmount": "403410",
                 "description": "Invoice F-2026-004101",
-                "tax": {"amount": "64410"},
+                "tax": {"name": "IVA", "type": "PERCENTAGE", "value": "19", "amount": "64410"},
             }
         ],
         "currency": "CLP",
@@ -138,17 +139,27 @@ async def test_the_invoice_export_is_enqueued_through_its_template(
             "phoneNumber": "962992312",
         },
         "destinations": [
-            {"type": "ACCOUNT", "amount": "403410", "account": {"accountNumber": "000123"}}
+            {
+                "type": "ACCOUNT",
+                "amount": "403410",
+                "account": {
+                    "type": "CHECKING",
+                    "currency": "CLP",
+                    "accountNumber": "000123",
+                    "accountHolder": "Acme SpA",
+                },
+            }
         ],
         "duration": 86400,
         "owner": {"identityId": "idn_acme"},
     }
     # Every row: blank optional cells leave their field out, a customer with no cell at all
-    # is left out whole, and `{valid_seconds:int}` is a JSON number.
+    # is left out whole, `{valid_seconds:int}` is a JSON number, and a blank one gives the
+    # default duration.
     for row in rows:
         request = await stored_request(redis, row["invoice"])
         assert request["items"][0]["preTaxAmount"] == row["net"]
-        assert request["items"][0]["tax"] == {"amount": row["vat"]}
+        assert request["items"][0]["tax"]["amount"] == row["vat"]
         assert request["items"][0]["totalAmount"] == row["total"]
         assert request["destinations"][0]["amount"] == row["total"]
         assert request["currency"] == row["currency"]
@@ -161,10 +172,10 @@ async def test_the_invoice_export_is_enqueued_through_its_template(
         if row["valid_seconds"]:
             assert request["duration"] == int(row["valid_seconds"])
         else:
-            assert "duration" not in request, row["invoice"]
+            assert request["duration"] == DEFAULT_DURATION, row["invoice"]
     walk_in = await stored_request(redis, "F-2026-004110")
     assert "customer" not in walk_in
-    assert "duration" not in walk_in
+    assert walk_in["duration"] == DEFAULT_DURATION
 
     # And the API takes every one of them.
     run_workers(env, 1)

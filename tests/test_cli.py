@@ -5,6 +5,7 @@ from __future__ import annotations
 import csv
 import io
 import json
+import os
 from pathlib import Path
 
 import orjson
@@ -122,3 +123,34 @@ def test_a_malformed_setting_stops_with_exit_code_2(env: dict[str, str]) -> None
     assert done.returncode == 2
     assert done.stderr.decode().startswith("paylinks: configuration error: REDIS_URL")
     assert "Traceback" not in done.stderr.decode()
+
+
+def test_schema_prints_the_request_json_schema_without_redis(tmp_path: Path) -> None:
+    # Producers that are not Python validate against it; it needs no Redis to print.
+    env = {"PATH": os.environ["PATH"], "PAYLINKS_DEFAULT_DURATION": "600"}
+    done = paylinks("schema", env=env)
+    assert done.returncode == 0, done.stderr.decode()
+    schema = json.loads(done.stdout)
+    assert "checkoutToken" in schema["required"]
+    assert schema["properties"]["duration"]["default"] == 600
+    assert "failedUrl" in schema["properties"]
+    assert schema["$defs"]["Tax"]["properties"]["type"]["enum"] == ["FIXED", "PERCENTAGE"]
+
+    done = paylinks("schema", env=env | {"PAYLINKS_DEFAULT_DURATION": "10"})
+    assert done.returncode == 2
+    assert done.stderr.decode().startswith(
+        "paylinks: configuration error: PAYLINKS_DEFAULT_DURATION"
+    )
+
+
+async def test_a_request_without_duration_is_stored_with_the_configured_default(
+    redis: Redis, env: dict[str, str]
+) -> None:
+    request = first_request()
+    del request["duration"]
+    body = json.dumps(request).encode() + b"\n"
+    done = paylinks("enqueue", "-", env=env | {"PAYLINKS_DEFAULT_DURATION": "7200"}, input=body)
+    assert done.returncode == 0, done.stderr.decode()
+    key = checkout_key(idempotency_key(str(request["checkoutToken"])))
+    stored = json.loads(await redis.hget(key, "request"))
+    assert stored == request | {"duration": 7200}

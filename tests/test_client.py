@@ -5,16 +5,16 @@ from __future__ import annotations
 import aiohttp
 import orjson
 import pytest
-from pydantic import AnyHttpUrl, SecretStr
+from pydantic import AnyHttpUrl, SecretStr, ValidationError
 from redis.asyncio import Redis
 
 from paylinks import __version__
 from paylinks.jobs import layout
 from paylinks.jobs.models import CheckoutRequest
-from paylinks.worker.auth import StaticToken, TokenEndpoint, credential_id
+from paylinks.worker.auth import StaticToken, TokenEndpoint, credential_id, renew_after
 from paylinks.worker.config import ConomyConfig
 from paylinks.worker.conomy import ConomyClient
-from tests.helpers import ACCESS_TOKEN, API_KEY, EXAMPLES, Sandbox
+from tests.helpers import ACCESS_TOKEN, API_KEY, CLIENT_ID, CLIENT_SECRET, EXAMPLES, Sandbox
 
 
 def body() -> bytes:
@@ -46,12 +46,8 @@ async def test_the_client_sends_exactly_the_references_headers(sandbox: Sandbox)
 
 @pytest.fixture
 def endpoint_config(sandbox: Sandbox) -> ConomyConfig:
-    return conomy(
-        sandbox,
-        auth_url=AnyHttpUrl(f"{sandbox.base_url}/oauth/token"),
-        client_id="sandbox-client",
-        client_secret=SecretStr("sandbox-secret"),
-    )
+    # Only the credentials: the token endpoint is {base}/auth, as the reference documents.
+    return conomy(sandbox, client_id=CLIENT_ID, client_secret=SecretStr(CLIENT_SECRET))
 
 
 async def test_the_fleet_shares_one_token_from_the_endpoint(
@@ -91,3 +87,21 @@ async def test_a_static_token_that_is_rejected_is_not_retried(sandbox: Sandbox) 
         answer = await client.create_checkout_session(body(), layout.idempotency_key("C"))
     assert answer.status == 401
     assert (await sandbox.stats())["calls"] == 1
+
+
+@pytest.mark.parametrize(
+    ("lifetime", "renewed_after"), [(3600, 3240), (60, 54), (20, 15), (4, 2), (1, 0.5)]
+)
+def test_a_token_is_renewed_well_before_it_expires(lifetime: float, renewed_after: float) -> None:
+    assert renew_after(lifetime) == renewed_after
+
+
+def test_the_credentials_alone_name_the_token_endpoint(sandbox: Sandbox) -> None:
+    config = conomy(sandbox, client_id=CLIENT_ID, client_secret=SecretStr(CLIENT_SECRET))
+    assert config.token_url == f"{sandbox.base_url}/auth"
+    override = AnyHttpUrl("https://auth.example.com/token")
+    assert conomy(sandbox, access_token=SecretStr("t"), auth_url=override).token_url == str(
+        override
+    )
+    with pytest.raises(ValidationError, match="CONOMY_CLIENT_ID and CONOMY_CLIENT_SECRET"):
+        conomy(sandbox, client_id=CLIENT_ID)

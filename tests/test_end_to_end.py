@@ -153,6 +153,28 @@ async def test_no_secret_or_personal_data_reaches_a_log_line(
     assert not re.search(r"[\w.+-]+@[\w-]+\.\w+", text)
 
 
+async def test_the_apis_words_quoting_the_request_are_scrubbed_from_the_log(
+    redis: Redis, sandbox: Sandbox, env: dict[str, str], tmp_path: Path
+) -> None:
+    # Our intake takes any e-mail string; the sandbox, as a real API would, refuses these and
+    # quotes them back: `customer.email 'ana.0@mail-host' is not valid`.
+    requests = example_requests(3)
+    for i, request in enumerate(requests):
+        request["customer"] = {"firstName": "Ana", "email": f"ana.{i}@mail-host"}
+    path = write_requests(tmp_path / "emails.jsonl", requests)
+    enqueued = paylinks("enqueue", str(path), "--json", env=env)
+    logs = [enqueued.stderr.decode(), *run_workers(env, 1)]
+    rows = results(json.loads(enqueued.stdout)["batch"], env)
+    assert {r["state"] for r in rows} == {"failed"}
+    assert all("customer.email" in r["error"] for r in rows), rows
+    failed = [e for log in logs for e in events(log) if e["event"] == "checkout.failed"]
+    assert {e["http_status"] for e in failed} == {400}
+    # The API's words are logged, without what they quoted of the request.
+    assert all("customer.email" in e["reason"] for e in failed), failed
+    text = "\n".join(logs)
+    assert [r["customer"]["email"] for r in requests if r["customer"]["email"] in text] == []
+
+
 def test_a_worker_without_credentials_stops_with_one_clear_line(env: dict[str, str]) -> None:
     without = {k: v for k, v in env.items() if k != "CONOMY_API_KEY"}
     done = paylinks("worker", env=without)

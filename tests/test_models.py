@@ -2,19 +2,31 @@
 
 from __future__ import annotations
 
+import copy
 import importlib.util
 import io
 import json
 import uuid
 from decimal import Decimal
 from pathlib import Path
-from typing import Any
+from typing import Any, get_args
 
 import pytest
+from pydantic import ValidationError
 
 from paylinks.jobs.intake import Accepted, accept, checked, parse, read_csv, read_json_lines
 from paylinks.jobs.layout import IDEMPOTENCY_NAMESPACE, idempotency_key
-from paylinks.jobs.models import AMOUNT_RULE, CheckoutRequest, personal_data
+from paylinks.jobs.models import (
+    AMOUNT_RULE,
+    DECIMALS,
+    DEFAULT_DURATION,
+    TOKEN_PATTERN,
+    TOKEN_RULE,
+    CheckoutRequest,
+    Currency,
+    personal_data,
+    request_schema,
+)
 
 EXAMPLES = Path(__file__).resolve().parents[1] / "examples"
 
@@ -30,7 +42,7 @@ REQUEST_FIELDS = {
     "customerRequirements",
     "owner",
     "successUrl",
-    "failureUrl",
+    "failedUrl",
 }
 ITEM_FIELDS = {"preTaxAmount", "totalAmount", "description", "tax"}
 CUSTOMER_FIELDS = {
@@ -47,6 +59,14 @@ CUSTOMER_FIELDS = {
 DESTINATION_FIELDS = {"type", "amount", "account", "name", "externalId", "metadata"}
 ACCOUNT_FIELDS = {"type", "currency", "accountNumber", "accountHolder"}
 OWNER_FIELDS = {"identityId", "name", "lastname", "nickname", "documentNumber", "entityType"}
+TAX_FIELDS = {"name", "type", "value", "amount"}
+METADATA_FIELDS = {"image", "description", "category"}
+ACCOUNT = {
+    "type": "CHECKING",
+    "currency": "USD",
+    "accountNumber": "000000000001",
+    "accountHolder": "Merchant Demo",
+}
 
 
 def minimal(**changes: Any) -> dict[str, Any]:
@@ -56,10 +76,12 @@ def minimal(**changes: Any) -> dict[str, Any]:
         "items": [{"preTaxAmount": "10.00", "totalAmount": "10.00", "description": "Seat"}],
         "currency": "USD",
         "paymentMethodsAllowed": ["CARD"],
-        "destinations": [{"type": "ACCOUNT", "amount": "10.00", "account": {}}],
+        "destinations": [{"type": "ACCOUNT", "amount": "10.00", "account": ACCOUNT}],
+        "duration": 3600,
         "owner": {"identityId": "idn_example_0001"},
     }
-    return request | changes
+    # A copy: tests change what they are given, and ACCOUNT is shared.
+    return copy.deepcopy(request | changes)
 
 
 def full() -> dict[str, Any]:
@@ -71,12 +93,12 @@ def full() -> dict[str, Any]:
                 "preTaxAmount": "10000",
                 "totalAmount": "11900",
                 "description": "Plan mensual Pro",
-                "tax": {"amount": "1900"},
+                "tax": {"name": "IVA", "type": "PERCENTAGE", "value": "19", "amount": "1900"},
             },
             {"preTaxAmount": "5000", "totalAmount": "5000", "description": "Soporte"},
         ],
         "currency": "CLP",
-        "paymentMethodsAllowed": ["CARD", "BANK_TRANSFER"],
+        "paymentMethodsAllowed": ["CARD", "WEBPAY"],
         "customer": {
             "id": "cus_1",
             "firstName": "Ana",
@@ -100,9 +122,13 @@ def full() -> dict[str, Any]:
                 },
                 "name": "fee",
                 "externalId": "INV-2026-000002-D1",
-                "metadata": {"share": 1},
+                "metadata": {
+                    "image": "https://billing.example.com/logo.png",
+                    "description": "Marketplace fee",
+                    "category": "fee",
+                },
             },
-            {"type": "ACCOUNT", "amount": "15900", "account": {"accountNumber": "2"}},
+            {"type": "ACCOUNT", "amount": "15900", "account": ACCOUNT | {"currency": "CLP"}},
         ],
         "duration": 86400,
         "customerRequirements": ["firstName", "email"],
@@ -115,7 +141,7 @@ def full() -> dict[str, Any]:
             "entityType": "COMPANY",
         },
         "successUrl": "https://billing.example.com/paid",
-        "failureUrl": "https://billing.example.com/retry",
+        "failedUrl": "https://billing.example.com/retry",
     }
 
 
@@ -124,7 +150,7 @@ def with_amount(amount: Any, currency: str = "USD") -> dict[str, Any]:
     return minimal(
         currency=currency,
         items=[{"preTaxAmount": amount, "totalAmount": amount, "description": "Seat"}],
-        destinations=[{"type": "ACCOUNT", "amount": amount, "account": {}}],
+        destinations=[{"type": "ACCOUNT", "amount": amount, "account": ACCOUNT}],
     )
 
 
@@ -219,15 +245,15 @@ def test_a_malformed_amount_is_explained_with_its_value(amount: str) -> None:
                         "preTaxAmount": "10.00",
                         "totalAmount": "11.00",
                         "description": "Seat",
-                        "tax": {"amount": 1.0},
+                        "tax": {"name": "VAT", "type": "FIXED", "value": "1", "amount": 1.0},
                     }
                 ],
-                destinations=[{"type": "ACCOUNT", "amount": "11.00", "account": {}}],
+                destinations=[{"type": "ACCOUNT", "amount": "11.00", "account": ACCOUNT}],
             ),
             "items[0].tax.amount",
         ),
         (
-            minimal(destinations=[{"type": "ACCOUNT", "amount": 10, "account": {}}]),
+            minimal(destinations=[{"type": "ACCOUNT", "amount": 10, "account": ACCOUNT}]),
             "destinations[0].amount",
         ),
     ],
@@ -244,7 +270,7 @@ def test_tax_and_destination_amounts_are_decimal_strings_too(
 def item(pre_tax: str, total: str, tax: str | None = None) -> dict[str, Any]:
     line: dict[str, Any] = {"preTaxAmount": pre_tax, "totalAmount": total, "description": "Seat"}
     if tax is not None:
-        line["tax"] = {"amount": tax}
+        line["tax"] = {"name": "VAT", "type": "FIXED", "value": tax, "amount": tax}
     return line
 
 
@@ -260,7 +286,9 @@ def item(pre_tax: str, total: str, tax: str | None = None) -> dict[str, Any]:
 def test_total_is_pre_tax_plus_tax(line: dict[str, Any]) -> None:
     total = line["totalAmount"]
     body = sent(
-        minimal(items=[line], destinations=[{"type": "ACCOUNT", "amount": total, "account": {}}])
+        minimal(
+            items=[line], destinations=[{"type": "ACCOUNT", "amount": total, "account": ACCOUNT}]
+        )
     )
     assert body["items"] == [line]
 
@@ -277,39 +305,64 @@ def test_total_is_pre_tax_plus_tax(line: dict[str, Any]) -> None:
 def test_total_other_than_pre_tax_plus_tax_is_rejected(line: dict[str, Any]) -> None:
     total = line["totalAmount"]
     message = error_of(
-        minimal(items=[line], destinations=[{"type": "ACCOUNT", "amount": total, "account": {}}])
+        minimal(
+            items=[line], destinations=[{"type": "ACCOUNT", "amount": total, "account": ACCOUNT}]
+        )
     )
     assert message.startswith("items[0]: totalAmount")
     assert "preTaxAmount plus tax.amount" in message
 
 
-def test_tax_keeps_fields_the_reference_does_not_document() -> None:
+@pytest.mark.parametrize("field", sorted(TAX_FIELDS))
+def test_a_tax_needs_all_four_fields(field: str) -> None:
     line = item("100.00", "119.00", tax="19.00")
-    line["tax"]["name"] = "IVA"
+    del line["tax"][field]
     request = minimal(
-        items=[line], destinations=[{"type": "ACCOUNT", "amount": "119.00", "account": {}}]
+        items=[line], destinations=[{"type": "ACCOUNT", "amount": "119.00", "account": ACCOUNT}]
     )
-    assert parse(request).wire()["items"][0]["tax"] == {
-        "amount": "19.00",
-        "name": "IVA",
-    }
+    assert f"items[0].tax.{field}: Field required" in error_of(request)
+
+
+@pytest.mark.parametrize(
+    ("changes", "field"), [({"type": "fixed"}, "type"), ({"rate": "19"}, "rate")]
+)
+def test_a_tax_type_is_fixed_or_percentage_and_no_other_field_is_taken(
+    changes: dict[str, str], field: str
+) -> None:
+    line = item("100.00", "119.00", tax="19.00")
+    line["tax"] |= changes
+    request = minimal(
+        items=[line], destinations=[{"type": "ACCOUNT", "amount": "119.00", "account": ACCOUNT}]
+    )
+    assert f"items[0].tax.{field}: " in error_of(request)
 
 
 # Currencies and their decimals
 
 
-@pytest.mark.parametrize("currency", ["CLP", "USD", "MXN", "COP", "PEN", "ARS", "EUR", "CLF"])
-def test_iso_4217_currencies_are_accepted(currency: str) -> None:
+PROVIDER_CURRENCIES = [
+    "CLP", "MXN", "COP", "PEN", "BOB", "PYG", "AUD", "ARS", "BRL", "USD", "CAD", "EUR", "GBP",
+    "USDC", "USDT",
+]  # fmt: skip
+
+
+def test_the_decimals_table_covers_exactly_the_providers_currencies() -> None:
+    assert list(get_args(Currency)) == PROVIDER_CURRENCIES
+    assert list(DECIMALS) == PROVIDER_CURRENCIES
+
+
+@pytest.mark.parametrize("currency", PROVIDER_CURRENCIES)
+def test_the_providers_currencies_are_accepted(currency: str) -> None:
     assert sent(with_amount("10", currency))["currency"] == currency
 
 
 @pytest.mark.parametrize(
     ("currency", "why"),
     [
-        ("ZZZ", "not in ISO 4217"),
+        ("ZZZ", "not a currency"),
+        ("JPY", "ISO 4217, but not one the provider takes"),
+        ("CLF", "ISO 4217, but not one the provider takes"),
         ("usd", "lower case"),
-        ("XAU", "gold has no minor units: not a payable currency"),
-        ("XXX", "no currency"),
         ("US", "too short"),
         ("USDD", "too long"),
         ("", "empty"),
@@ -317,19 +370,22 @@ def test_iso_4217_currencies_are_accepted(currency: str) -> None:
     ],
 )
 def test_other_currencies_are_rejected(currency: Any, why: str) -> None:
-    assert error_of(with_amount("10", currency)).startswith("currency: "), why
+    error = error_of(with_amount("10", currency))
+    assert error.startswith("currency: Input should be 'CLP'"), why
+    assert f"got {currency!r}" in error
 
 
 @pytest.mark.parametrize(
     ("currency", "amount"),
     [
         ("CLP", "1000"),
+        ("PYG", "15000"),
         ("USD", "10.12"),
         ("USD", "10.1"),
         ("USD", "10"),
         ("COP", "15990.50"),
-        ("CLF", "1.2345"),
-        ("KWD", "1.234"),
+        ("USDC", "1.234567"),
+        ("USDT", "0.000001"),
     ],
 )
 def test_amounts_within_the_currency_decimals_are_accepted(currency: str, amount: str) -> None:
@@ -342,9 +398,10 @@ def test_amounts_within_the_currency_decimals_are_accepted(currency: str, amount
     [
         ("CLP", "1000.5", 0),
         ("CLP", "1000.0", 0),
+        ("PYG", "100.5", 0),
         ("USD", "10.123", 2),
-        ("JPY", "100.5", 0),
-        ("CLF", "1.23456", 4),
+        ("EUR", "10.123", 2),
+        ("USDC", "1.2345678", 6),
     ],
 )
 def test_amounts_beyond_the_currency_decimals_are_rejected(
@@ -358,8 +415,8 @@ def test_amounts_beyond_the_currency_decimals_are_rejected(
 def test_destination_amounts_obey_the_currency_decimals() -> None:
     request = with_amount("1000", "CLP")
     request["destinations"] = [
-        {"type": "ACCOUNT", "amount": "999.5", "account": {}},
-        {"type": "ACCOUNT", "amount": "0.5", "account": {}},
+        {"type": "ACCOUNT", "amount": "999.5", "account": ACCOUNT},
+        {"type": "ACCOUNT", "amount": "0.5", "account": ACCOUNT},
     ]
     assert "destinations[0].amount 999.5 has 1 decimals; CLP allows 0" in error_of(request)
 
@@ -404,9 +461,93 @@ def test_checkout_token_and_owner_identity_are_required(
     assert error_of(minimal(**changes)).startswith(f"{field}: ")
 
 
-@pytest.mark.parametrize("duration", [0, -1, "86400", 1.5, True])
-def test_duration_is_a_positive_integer(duration: Any) -> None:
+@pytest.mark.parametrize("duration", [29, 0, -1, "86400", 1.5, True, None])
+def test_duration_is_an_integer_of_at_least_30_seconds(duration: Any) -> None:
     assert error_of(minimal(duration=duration)).startswith("duration: ")
+
+
+def test_a_request_without_duration_is_sent_with_the_default() -> None:
+    request = minimal()
+    del request["duration"]
+    assert sent(request)["duration"] == DEFAULT_DURATION
+    [(_, accepted)] = read_json_lines([json.dumps(request)], default_duration=600)
+    assert isinstance(accepted, Accepted)
+    assert json.loads(accepted.body)["duration"] == 600
+    _, from_python = checked(1, request, default_duration=600)
+    assert from_python == accepted
+    assert "duration" not in request  # the caller's dict is left alone
+
+
+def test_the_duration_is_required_by_the_model_itself() -> None:
+    request = minimal()
+    del request["duration"]
+    with pytest.raises(ValidationError, match="duration"):
+        CheckoutRequest.model_validate(request)
+
+
+@pytest.mark.parametrize("token", ["INV-2026-000001", "a", "A.b_c~d-9", "T" * 128])
+def test_checkout_tokens_of_url_safe_characters_are_accepted(token: str) -> None:
+    assert sent(minimal(checkoutToken=token))["checkoutToken"] == token
+
+
+@pytest.mark.parametrize(
+    "token", ["INV 1", "INV/1", "INV?1", "INV#1", "INV%201", "Factura Nº7", "T" * 129, "a\n"]
+)
+def test_checkout_tokens_a_url_path_cannot_carry_as_is_are_rejected(token: str) -> None:
+    error = error_of(minimal(checkoutToken=token))
+    assert error == f"checkoutToken: {TOKEN_RULE}, got {token!r}"
+
+
+@pytest.mark.parametrize(
+    ("path", "value"),
+    [
+        (["paymentMethodsAllowed", 0], "BANK_TRANSFER"),
+        (["customerRequirements", 0], "phone"),
+        (["customer", "documentType"], "ID"),
+        (["destinations", 0, "account", "type"], "CURRENT"),
+        (["destinations", 0, "account", "currency"], "JPY"),
+        (["destinations", 0, "type"], "WALLET"),
+    ],
+)
+def test_values_outside_the_published_lists_are_rejected(path: list[Any], value: str) -> None:
+    request = minimal(customer={"documentType": "RUT"}, customerRequirements=["email"])
+    target: Any = request
+    for step in path[:-1]:
+        target = target[step]
+    target[path[-1]] = value
+    where = "".join(f"[{p}]" if isinstance(p, int) else f".{p}" for p in path).lstrip(".")
+    error = error_of(request)
+    assert error.startswith(f"{where}: Input should be "), error
+    assert error.endswith(f"got {value!r}")
+
+
+@pytest.mark.parametrize("document_type", ["PASSPORT", "RUT", "CUIT", "CC", "SSN"])
+def test_document_types_of_the_list_and_of_the_examples_are_accepted(document_type: str) -> None:
+    assert sent(minimal(customer={"documentType": document_type}))["customer"] == {
+        "documentType": document_type
+    }
+
+
+@pytest.mark.parametrize("field", sorted(ACCOUNT_FIELDS))
+def test_an_account_needs_all_four_fields(field: str) -> None:
+    account = dict(ACCOUNT)
+    del account[field]
+    request = minimal(destinations=[{"type": "ACCOUNT", "amount": "10.00", "account": account}])
+    assert f"destinations[0].account.{field}: Field required" in error_of(request)
+
+
+@pytest.mark.parametrize("field", sorted(METADATA_FIELDS))
+def test_metadata_needs_all_three_fields(field: str) -> None:
+    metadata = {"image": "https://x.example/i.png", "description": "fee", "category": "fee"}
+    del metadata[field]
+    destination = {"type": "ACCOUNT", "amount": "10.00", "account": ACCOUNT, "metadata": metadata}
+    request = minimal(destinations=[destination])
+    assert f"destinations[0].metadata.{field}: Field required" in error_of(request)
+
+
+def test_the_failed_url_is_taken_under_its_published_name() -> None:
+    assert sent(minimal(failedUrl="https://x.example/f"))["failedUrl"] == "https://x.example/f"
+    assert error_of(minimal(failureUrl="https://x.example/f")) == "failureUrl: unknown field"
 
 
 # Destinations
@@ -430,7 +571,7 @@ def test_destinations_not_adding_up_are_rejected(fee: str, seller: str) -> None:
 
 
 # Sums are taken in Decimal's default context of 28 digits. Amounts of at most 18 integer
-# digits (with a currency's at most 4 decimals, 22 digits) keep every sum a request can carry
+# digits (with a currency's at most 6 decimals, 24 digits) keep every sum a request can carry
 # exact; a larger amount could make a sum round, and a total that is off look right.
 LARGEST = "9" * 18
 TOO_LARGE = "1" + "0" * 18  # 19 digits: the smallest amount past the rule
@@ -446,7 +587,7 @@ TOO_LARGE = "1" + "0" * 18  # 19 digits: the smallest amount past the rule
             minimal(
                 currency="CLP",
                 items=[item("1", "1")],
-                destinations=[{"type": "ACCOUNT", "amount": TOO_LARGE, "account": {}}],
+                destinations=[{"type": "ACCOUNT", "amount": TOO_LARGE, "account": ACCOUNT}],
             ),
         ),
     ],
@@ -459,15 +600,16 @@ def test_amounts_too_large_to_sum_exactly_are_rejected(
 
 def test_the_largest_amounts_allowed_still_sum_exactly() -> None:
     # A hundred items at the largest amount with the most decimals any currency allows sum
-    # to 24 digits: one ten-thousandth off must still show.
-    amount = f"{LARGEST}.9999"
+    # to 26 digits: one millionth off must still show.
+    amount = f"{LARGEST}.999999"
     items = [item(amount, amount)] * 100
     total = Decimal(amount) * 100
-    exact = [{"type": "ACCOUNT", "amount": amount, "account": {}}] * 100
-    assert sent(minimal(currency="CLF", items=items, destinations=exact))["items"] == items
-    short = [*exact[:-1], {"type": "ACCOUNT", "amount": f"{LARGEST}.9998", "account": {}}]
-    assert error_of(minimal(currency="CLF", items=items, destinations=short)) == (
-        f"destinations add up to {total - Decimal('0.0001')} but the items' totalAmount is {total}"
+    exact = [{"type": "ACCOUNT", "amount": amount, "account": ACCOUNT}] * 100
+    assert sent(minimal(currency="USDC", items=items, destinations=exact))["items"] == items
+    short = [*exact[:-1], {"type": "ACCOUNT", "amount": f"{LARGEST}.999998", "account": ACCOUNT}]
+    destined = total - Decimal("0.000001")
+    assert error_of(minimal(currency="USDC", items=items, destinations=short)) == (
+        f"destinations add up to {destined} but the items' totalAmount is {total}"
     )
 
 
@@ -513,6 +655,8 @@ def test_wire_round_trips_every_reference_field() -> None:
     assert set(body["destinations"][0]) == DESTINATION_FIELDS
     assert set(body["destinations"][0]["account"]) == ACCOUNT_FIELDS
     assert set(body["owner"]) == OWNER_FIELDS
+    assert set(body["items"][0]["tax"]) == TAX_FIELDS
+    assert set(body["destinations"][0]["metadata"]) == METADATA_FIELDS
 
 
 def test_wire_keeps_only_the_fields_given() -> None:
@@ -535,6 +679,7 @@ def test_wire_is_camel_case_when_built_in_python() -> None:
         currency=request.currency,
         payment_methods_allowed=request.payment_methods_allowed,
         destinations=request.destinations,
+        duration=request.duration,
         owner=request.owner,
         success_url="https://billing.example.com/paid",
     )
@@ -562,6 +707,35 @@ def test_personal_data_lists_contact_and_document_numbers() -> None:
 )
 def test_personal_data_skips_what_is_not_given(body: dict[str, Any], expected: list[str]) -> None:
     assert personal_data(body) == expected
+
+
+# The JSON Schema for producers that are not Python
+
+
+def test_the_schema_is_the_published_one_by_wire_names_with_the_default_duration() -> None:
+    schema = request_schema(600)
+    assert set(schema["properties"]) == REQUEST_FIELDS
+    assert set(schema["required"]) == {
+        "checkoutToken",
+        "items",
+        "currency",
+        "paymentMethodsAllowed",
+        "destinations",
+        "owner",
+    }
+    assert schema["properties"]["duration"] | {"default": 600} == {
+        "type": "integer",
+        "minimum": 30,
+        "default": 600,
+        "title": "Duration",
+    }
+    assert schema["properties"]["checkoutToken"]["pattern"] == TOKEN_PATTERN
+    assert schema["properties"]["currency"]["enum"] == PROVIDER_CURRENCIES
+    definitions = schema["$defs"]
+    assert set(definitions["Tax"]["required"]) == TAX_FIELDS
+    assert set(definitions["Account"]["required"]) == ACCOUNT_FIELDS
+    assert set(definitions["Metadata"]["required"]) == METADATA_FIELDS
+    assert all(d["additionalProperties"] is False for d in definitions.values())
 
 
 # Idempotency key
@@ -605,7 +779,7 @@ def test_bad_examples_are_reported_by_line_and_field() -> None:
         2: "invalid JSON",
         3: "owner: Field required",
         4: "items[0]: totalAmount 12000",
-        5: "currency: 'ZZZ'",
+        5: "currency: Input should be 'CLP'",
         7: "items[0].preTaxAmount 1000.5 has 1 decimals; CLP allows 0",
         8: "items[0].preTaxAmount: Input should be a valid string",
         9: "checkoutTokn: unknown field",
@@ -667,21 +841,14 @@ def test_a_number_json_cannot_carry_is_a_rejection_not_a_crash() -> None:
     results = dict(read_csv(io.BytesIO(rows), template))
     assert [results[n].checkout_token for n in (2, 4)] == ["A-1", "A-3"]  # type: ignore[union-attr]
     assert results[3] == "cannot be sent as JSON: Integer exceeds 64-bit range"
-    position, error = checked(
-        1,
-        minimal(
-            destinations=[
-                {"type": "ACCOUNT", "amount": "10.00", "account": {}, "metadata": {"n": 2**64}}
-            ]
-        ),
-    )
+    position, error = checked(1, minimal(customer={"address": {"n": 2**64}}))
     assert (position, error) == (1, "cannot be sent as JSON: Integer exceeds 64-bit range")
 
 
 def test_every_item_whose_total_is_off_is_named() -> None:
     request = minimal(
         items=[item("1.00", "2.00"), item("1.00", "1.00"), item("3.00", "4.00")],
-        destinations=[{"type": "ACCOUNT", "amount": "7.00", "account": {}}],
+        destinations=[{"type": "ACCOUNT", "amount": "7.00", "account": ACCOUNT}],
     )
     error = error_of(request)
     assert "items[0]: totalAmount 2.00 must equal" in error

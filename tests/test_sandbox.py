@@ -3,7 +3,10 @@
 from __future__ import annotations
 
 import argparse
+import ast
 import asyncio
+import copy
+import json
 import time
 from collections.abc import AsyncIterator
 from datetime import datetime
@@ -15,6 +18,8 @@ from aiohttp.test_utils import TestClient, TestServer
 
 from paylinks.devtools.sandbox import build_app
 from paylinks.devtools.sandbox_options import SandboxOptions, add_arguments, options_from
+from paylinks.jobs.intake import read_json_lines
+from tests.helpers import CHECKOUTS, ROOT
 
 CHECKOUT = "/sandbox/checkout-sessions"
 HEADERS = {
@@ -34,7 +39,7 @@ def checkout_body(**changes: Any) -> dict[str, Any]:
                 "preTaxAmount": "1000",
                 "totalAmount": "1190",
                 "description": "Invoice 1",
-                "tax": {"amount": "190"},
+                "tax": {"name": "IVA", "type": "PERCENTAGE", "value": "19", "amount": "190"},
             }
         ],
         "currency": "CLP",
@@ -51,9 +56,10 @@ def checkout_body(**changes: Any) -> dict[str, Any]:
                 },
             }
         ],
+        "duration": 86400,
         "owner": {"identityId": "idn_1"},
     }
-    return body | changes
+    return copy.deepcopy(body | changes)
 
 
 @pytest.fixture
@@ -137,16 +143,86 @@ async def test_a_body_that_is_not_a_json_object_is_refused(client: Client) -> No
     assert answer["error"]["code"] == "invalid_json"
 
 
-async def test_an_invalid_body_is_refused_naming_the_fields(client: Client) -> None:
+def changed(path: str, value: Any) -> dict[str, Any]:
+    """checkout_body() with the field at a dotted `path` (list indexes as numbers) set to
+    `value`, or removed when `value` is DELETE."""
     body = checkout_body()
-    del body["items"][0]["description"]
-    body["payment_methods_allowed"] = body.pop("paymentMethodsAllowed")
+    *parents, last = [int(step) if step.isdigit() else step for step in path.split(".")]
+    target: Any = body
+    for step in parents:
+        target = target[step]
+    if value is DELETE:
+        del target[last]
+    else:
+        target[last] = value
+    return body
+
+
+DELETE = object()
+
+
+@pytest.mark.parametrize(
+    ("path", "value", "code", "detail"),
+    [
+        ("items", DELETE, "12", "items is required"),
+        ("owner.identityId", DELETE, "12", "owner.identityId is required"),
+        ("items.0.tax.name", DELETE, "12", "items[0].tax.name is required"),
+        ("destinations.0.account.accountHolder", DELETE, "12", "accountHolder is required"),
+        ("duration", 29, "11", "duration 29 is not a whole number of seconds of at least 30"),
+        ("currency", "JPY", "11", "currency 'JPY' is not one of"),
+        ("paymentMethodsAllowed", [], "11", "paymentMethodsAllowed needs at least 1"),
+        ("paymentMethodsAllowed.0", "BANK_TRANSFER", "11", "'BANK_TRANSFER' is not one of"),
+        ("items.0.tax.type", "fixed", "11", "items[0].tax.type 'fixed' is not one of"),
+        ("destinations.0.account.type", "CURRENT", "11", "'CURRENT' is not one of"),
+        ("items.0.preTaxAmount", 1000, "11", "items[0].preTaxAmount 1000 is not a decimal"),
+        ("items.0.totalAmount", "1200", "11", "'1200' is not preTaxAmount plus tax.amount"),
+        ("destinations.0.amount", "1190.0", "11", "has more decimals than CLP allows (0)"),
+        ("customer", {"documentType": "ID"}, "11", "customer.documentType 'ID' is not one of"),
+        ("failureUrl", "https://x.example/f", "11", "failureUrl is not a field the API knows"),
+        ("payment_methods_allowed", ["CARD"], "11", "payment_methods_allowed is not a field"),
+    ],
+)
+async def test_bodies_our_intake_refuses_are_refused_with_the_documented_error_body(
+    client: Client, path: str, value: Any, code: str, detail: str
+) -> None:
+    body = changed(path, value)
+    [(_, ours)] = read_json_lines([json.dumps(body)])
+    assert isinstance(ours, str), "paylinks' intake must refuse it too"
     status, answer = await post(client, body)
     assert status == 400
-    message = answer["error"]["message"]
-    assert "items[0].description: Field required" in message
-    assert "paymentMethodsAllowed: Field required" in message
-    assert "payment_methods_allowed: unknown field" in message
+    assert set(answer) == {"status", "code", "type", "detail", "traceId"}
+    assert (answer["status"], answer["code"]) == (400, code)
+    assert answer["type"] == {"11": "invalidParam", "12": "missingParam"}[code]
+    assert detail in answer["detail"]
+    assert (await stats(client))["sessions"] == 0
+
+
+async def test_duration_is_required_as_the_published_schema_says(client: Client) -> None:
+    # paylinks' intake fills in its default instead (PAYLINKS_DEFAULT_DURATION).
+    status, answer = await post(client, changed("duration", DELETE))
+    assert (status, answer["code"], answer["detail"]) == (400, "12", "duration is required")
+
+
+async def test_the_detail_quotes_what_the_request_carried(client: Client) -> None:
+    # As a real API's words do, so that the worker's scrubbing of them is exercised.
+    status, answer = await post(client, changed("customer", {"email": "ana@example"}))
+    assert (status, answer["detail"]) == (400, "customer.email 'ana@example' is not valid")
+
+
+async def test_every_example_line_is_accepted(client: Client) -> None:
+    for line in CHECKOUTS.read_text().splitlines():
+        status, session = await post(client, json.loads(line))
+        assert status == 201, session
+    assert (await stats(client))["sessions"] == len(CHECKOUTS.read_text().splitlines())
+
+
+def test_the_sandbox_judges_bodies_without_paylinks_models() -> None:
+    # Its rules are its own reading of the reference: a bug in ours must not be mirrored.
+    for module in ("sandbox.py", "contract.py"):
+        tree = ast.parse((ROOT / "devtools" / module).read_text())
+        imported = [n.module for n in ast.walk(tree) if isinstance(n, ast.ImportFrom)]
+        imported += [a.name for n in ast.walk(tree) if isinstance(n, ast.Import) for a in n.names]
+        assert not [name for name in imported if name and name.startswith("paylinks.jobs")]
 
 
 async def test_an_idempotency_key_replays_the_first_answer(client: Client) -> None:
@@ -222,26 +298,50 @@ async def test_slow_answers_arrive_late_but_the_session_is_stored(
     assert (await stats(client))["sessions"] == 2
 
 
+CREDENTIALS = {"clientId": "sandbox-client", "clientSecret": "sandbox-secret"}
+
+
+async def issue(client: Client, body: Any, api_key: str = "sandbox-key") -> tuple[int, Any]:
+    async with client.post("/sandbox/auth", json=body, headers={"x-api-key": api_key}) as answer:
+        return answer.status, await answer.json()
+
+
+@pytest.mark.parametrize(
+    ("body", "api_key", "status", "code"),
+    [
+        (CREDENTIALS, "wrong", 403, "43"),
+        (CREDENTIALS | {"clientSecret": "x"}, "sandbox-key", 401, "41"),
+        (CREDENTIALS | {"clientId": "other"}, "sandbox-key", 401, "41"),
+        ({"clientId": "sandbox-client"}, "sandbox-key", 400, "12"),
+        (
+            {"client_id": "sandbox-client", "client_secret": "sandbox-secret"},
+            "sandbox-key",
+            400,
+            "12",
+        ),
+    ],
+)
+async def test_auth_refuses_wrong_credentials_with_the_documented_error_body(
+    client: Client, body: dict[str, str], api_key: str, status: int, code: str
+) -> None:
+    got, answer = await issue(client, body, api_key)
+    assert (got, answer["status"], answer["code"]) == (status, status, code)
+    assert set(answer) == {"status", "code", "type", "detail", "traceId"}
+    assert (await stats(client))["tokens_issued"] == 0
+
+
 async def test_issued_tokens_are_accepted_until_they_expire(
     client: Client, options: SandboxOptions
 ) -> None:
-    form = {"grant_type": "client_credentials", "client_id": "sandbox-client"}
-    async with client.post("/sandbox/oauth/token", data=form | {"client_secret": "x"}) as response:
-        assert response.status == 401
-    async with client.post(
-        "/sandbox/oauth/token", data=form | {"client_secret": "sandbox-secret"}
-    ) as response:
-        issued = await response.json()
-    assert issued["token_type"] == "Bearer"
-    assert issued["expires_in"] == 3600
-    bearer = f"Bearer {issued['access_token']}"
+    status, issued = await issue(client, CREDENTIALS)
+    assert status == 200
+    assert set(issued) == {"accessToken", "tokenType", "expiresIn"}
+    assert (issued["tokenType"], issued["expiresIn"]) == ("Bearer", 3600)
+    bearer = f"Bearer {issued['accessToken']}"
     assert (await post(client, checkout_body(), Authorization=bearer))[0] == 201
 
     options.token_ttl = 0
-    async with client.post(
-        "/sandbox/oauth/token", json=form | {"client_secret": "sandbox-secret"}
-    ) as response:
-        expired = f"Bearer {(await response.json())['access_token']}"
+    expired = f"Bearer {(await issue(client, CREDENTIALS))[1]['accessToken']}"
     assert (await post(client, checkout_body(), Authorization=expired))[0] == 401
     assert (await stats(client))["tokens_issued"] == 2
 
@@ -272,7 +372,7 @@ async def test_controls_show_requests_and_reset(client: Client) -> None:
     await client.post("/sandbox/_control/reset")
     counts = await stats(client)
     assert (counts["sessions"], counts["calls"], counts["call_times"]) == (0, 0, [])
-    assert (await post(client, checkout_body(duration=9), key="k1"))[0] == 201
+    assert (await post(client, checkout_body(duration=60), key="k1"))[0] == 201
 
 
 async def test_an_unknown_session_is_404(client: Client) -> None:

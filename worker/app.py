@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import socket
+import sys
 import time
 from typing import Any
 
@@ -22,8 +23,14 @@ from paylinks.jobs.connection import (
     restart_retry,
 )
 from paylinks.jobs.logs import configure, get_logger
-from paylinks.worker.auth import access_tokens, credential_id
-from paylinks.worker.config import ConomyConfig, WorkerConfig, load
+from paylinks.worker.auth import (
+    AuthError,
+    CredentialsRejectedError,
+    access_tokens,
+    credential_id,
+    rejected_credentials,
+)
+from paylinks.worker.config import EXIT_CONFIG, ConomyConfig, WorkerConfig, load
 from paylinks.worker.conomy import ConomyClient, open_http
 from paylinks.worker.health import HealthConfig
 from paylinks.worker.outcomes import Outcomes
@@ -38,7 +45,8 @@ async def startup(ctx: dict[str, Any]) -> None:
     conomy: ConomyConfig = ctx["conomy"]
     redis = connect(str(config.redis_url))
     http = open_http(config)
-    client = ConomyClient(conomy, http, access_tokens(conomy, redis, http))
+    tokens = access_tokens(conomy, redis, http)
+    client = ConomyClient(conomy, http, tokens)
     limit = RateLimit(
         rate=config.rate_limit,
         burst=config.rate_burst,
@@ -50,6 +58,14 @@ async def startup(ctx: dict[str, Any]) -> None:
     )
     limiter = Limiter(redis, credential_id(conomy), limit)
     ctx["paylinks"] = Deps(config, redis, http, client, Outcomes(redis), limiter)
+    # A token before the first job: credentials the endpoint refuses stop the worker here,
+    # before any job spends an attempt on them (the token is cached for the fleet anyway).
+    try:
+        await tokens.get()
+    except AuthError as e:
+        if e.rejected:
+            raise CredentialsRejectedError(rejected_credentials(conomy, e)) from None
+        get_logger().warning("auth.unavailable", reason=str(e))
     if "health_key" in ctx:  # an arq worker (`worker_settings`), which writes that record
         # Where the dashboard finds this worker's health record and its credential's limiter.
         registration = Registration(
@@ -164,6 +180,9 @@ def run(config: WorkerConfig, conomy: ConomyConfig, *, burst: bool = False) -> N
         try:
             run_worker(worker_settings(config, conomy), burst=burst)
             return
+        except CredentialsRejectedError as e:
+            print(f"paylinks: configuration error: {e}", file=sys.stderr)
+            raise SystemExit(EXIT_CONFIG) from None
         except RedisError as e:
             # arq's poll loop ends on a Redis error its retries did not ride out (a WATCH
             # across a restart, or Redis away for longer). Jobs in flight have finished by

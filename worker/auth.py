@@ -14,6 +14,10 @@ from paylinks.jobs import layout
 from paylinks.jobs.logs import get_logger, redact
 from paylinks.worker.config import ConomyConfig
 
+# A token is renewed a tenth of its lifetime before it expires, and never less than this many
+# seconds before (half its lifetime, when shorter), so that no call goes out on a dying token.
+RENEW_AHEAD = 5.0
+
 
 class AuthError(Exception):
     """The token endpoint refused or failed; `status` is its HTTP status, if it answered."""
@@ -21,6 +25,17 @@ class AuthError(Exception):
     def __init__(self, message: str, status: int | None = None) -> None:
         super().__init__(message)
         self.status = status
+
+    @property
+    def rejected(self) -> bool:
+        """Whether the endpoint refused the credentials themselves."""
+        return self.status in (401, 403)
+
+
+def renew_after(lifetime: float) -> float:
+    """Seconds a token that lives `lifetime` seconds is used before it is renewed."""
+    ahead = max(lifetime / 10, min(RENEW_AHEAD, lifetime / 2))
+    return max(lifetime - ahead, 0.1)
 
 
 class AccessTokens(Protocol):
@@ -48,17 +63,17 @@ def credential_id(config: ConomyConfig) -> str:
 
 
 class TokenEndpoint:
-    """Client-credentials tokens, cached in Redis so the fleet asks the endpoint once per token.
+    """Tokens from `POST {base}/auth`, cached in Redis so the fleet asks once per token.
 
-    A token is renewed a margin before it expires; a lock in Redis stops a fleet that finds
-    it expired from asking for many tokens at once.
+    A token is renewed before it expires (`renew_after`); a lock in Redis stops a fleet that
+    finds it expired from asking for many tokens at once.
     """
 
     def __init__(self, config: ConomyConfig, redis: Redis, http: aiohttp.ClientSession) -> None:
-        assert config.auth_url is not None
         assert config.client_id is not None
         assert config.client_secret is not None
-        self.url = str(config.auth_url)
+        self.url = config.token_url
+        self.api_key = config.api_key
         self.client_id = config.client_id
         self.client_secret = config.client_secret
         self.redis = redis
@@ -100,13 +115,13 @@ class TokenEndpoint:
         return True
 
     async def _fetch(self) -> None:
-        form = {
-            "grant_type": "client_credentials",
-            "client_id": self.client_id,
-            "client_secret": self.client_secret.get_secret_value(),
+        credentials = {
+            "clientId": self.client_id,
+            "clientSecret": self.client_secret.get_secret_value(),
         }
+        headers = {"x-api-key": self.api_key.get_secret_value()}
         try:
-            async with self.http.post(self.url, data=form) as response:
+            async with self.http.post(self.url, json=credentials, headers=headers) as response:
                 body = await response.read()
                 if response.status != 200:
                     raise AuthError(f"token endpoint answered {response.status}", response.status)
@@ -114,15 +129,26 @@ class TokenEndpoint:
             raise AuthError(f"token endpoint unreachable: {type(e).__name__}") from e
         try:
             answer = orjson.loads(body)
-            token, lifetime = str(answer["access_token"]), float(answer.get("expires_in", 3600))
+            token, lifetime = str(answer["accessToken"]), float(answer.get("expiresIn", 3600))
         except (orjson.JSONDecodeError, KeyError, TypeError, ValueError) as e:
-            raise AuthError("token endpoint answered without an access_token") from e
-        # Renew with a tenth of the lifetime to spare, so no call goes out on a dying token.
-        keep_ms = max(1000, int(lifetime * 900))
+            raise AuthError("token endpoint answered without an accessToken") from e
+        keep_ms = int(renew_after(lifetime) * 1000)
         redact(token)
         await self.redis.set(self.key, token, px=keep_ms)
         self._token, self._expires = token, time.monotonic() + keep_ms / 1000
         get_logger().info("auth.token_renewed", expires_in=lifetime)
+
+
+class CredentialsRejectedError(Exception):
+    """The token endpoint refused the configured credentials: no job can succeed."""
+
+
+def rejected_credentials(config: ConomyConfig, error: AuthError) -> str:
+    """The configuration error a refusal from the token endpoint means, naming the settings."""
+    settings = "CONOMY_CLIENT_ID/CONOMY_CLIENT_SECRET"
+    if error.status == 403:
+        settings = f"CONOMY_API_KEY or {settings}"
+    return f"{settings} rejected by {config.token_url} ({error.status})"
 
 
 def access_tokens(config: ConomyConfig, redis: Redis, http: aiohttp.ClientSession) -> AccessTokens:

@@ -21,7 +21,7 @@ import uvloop
 from pydantic_settings import BaseSettings
 
 from paylinks import __version__
-from paylinks.jobs.config import LogConfig, ProducerConfig
+from paylinks.jobs.config import IntakeConfig, LogConfig, ProducerConfig
 from paylinks.jobs.connection import RedisUnreachableError, check_reachable
 from paylinks.jobs.deadletters import DeadLetters, dead_letters
 from paylinks.jobs.intake import InputError, Numbered, read_csv, read_json_lines
@@ -82,8 +82,10 @@ def read_template(path: str) -> Any:
         raise CannotStartError(f"the template {path} is not valid JSON: {e}") from None
 
 
-def requests_in(source: IO[bytes], template: Any) -> Iterator[Numbered]:
-    return read_csv(source, template) if template is not None else read_json_lines(source)
+def requests_in(source: IO[bytes], template: Any, default_duration: int) -> Iterator[Numbered]:
+    if template is not None:
+        return read_csv(source, template, default_duration)
+    return read_json_lines(source, default_duration)
 
 
 async def enqueue(args: argparse.Namespace) -> int:
@@ -121,11 +123,17 @@ async def enqueue_from(
 ) -> EnqueueReport:
     if args.strict:
         source.seek(0)
-        rejected = [Rejection(n, r) for n, r in requests_in(source, template) if isinstance(r, str)]
+        rejected = [
+            Rejection(n, r)
+            for n, r in requests_in(source, template, p.config.default_duration)
+            if isinstance(r, str)
+        ]
         if rejected:
             return EnqueueReport(args.batch or new_batch_id(), rejected=rejected)
         source.seek(0)
-    return await p.enqueue_numbered(requests_in(source, template), args.batch, args.webhook)
+    return await p.enqueue_numbered(
+        requests_in(source, template, p.config.default_duration), args.batch, args.webhook
+    )
 
 
 async def wait_for_report(p: Producer, report: EnqueueReport) -> int:
@@ -251,6 +259,17 @@ async def purge_dead_letters(args: argparse.Namespace) -> int:
     return 0
 
 
+def schema(args: argparse.Namespace) -> int:
+    from paylinks.jobs.models import request_schema
+
+    config = load(IntakeConfig)
+    sys.stdout.write(
+        orjson.dumps(request_schema(config.default_duration), option=orjson.OPT_INDENT_2).decode()
+        + "\n"
+    )
+    return 0
+
+
 def worker(args: argparse.Namespace) -> int:
     from paylinks.worker.app import run
 
@@ -322,6 +341,14 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--wait", action="store_true", help="show progress until the batch is done")
     p.add_argument("--webhook", help="POST the batch's completion here, signed (HMAC-SHA256)")
     p.set_defaults(run=in_loop(enqueue))
+
+    p = add_command(
+        commands,
+        "schema",
+        "print the JSON Schema of a checkout request (the reference's field names)",
+        IntakeConfig,
+    )
+    p.set_defaults(run=schema)
 
     p = add_command(
         commands, "worker", "run one worker process", WorkerConfig, ConomyConfig, HealthConfig

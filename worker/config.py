@@ -29,25 +29,29 @@ class ConomyConfig(BaseSettings):
     base_url: AnyHttpUrl = AnyHttpUrl(SANDBOX_BASE_URL)
     api_key: SecretStr
     api_version: str = "24-04-2025"
-    # Either a static bearer token, or a token endpoint and the client credentials for it.
-    access_token: SecretStr | None = None
-    auth_url: AnyHttpUrl | None = None
+    # The client credentials a token is asked for with, at {base_url}/auth unless auth_url
+    # says otherwise; or a static bearer token instead.
     client_id: str | None = None
     client_secret: SecretStr | None = None
-    # What the reference leaves unnamed: the header an API reads an idempotency key from,
-    # and the field of the url a payer is sent to after a failed payment.
+    auth_url: AnyHttpUrl | None = None
+    access_token: SecretStr | None = None
+    # What the reference leaves unnamed: the header an API reads an idempotency key from.
     idempotency_header: str = "Idempotency-Key"
-    failure_url_field: str = "failureUrl"
 
     @model_validator(mode="after")
     def _one_way_to_authenticate(self) -> Self:
-        endpoint = (self.auth_url, self.client_id, self.client_secret)
-        if self.access_token is None and None in endpoint:
+        if self.access_token is None and None in (self.client_id, self.client_secret):
             raise ValueError(
-                "set CONOMY_ACCESS_TOKEN, or all of CONOMY_AUTH_URL, CONOMY_CLIENT_ID and "
-                "CONOMY_CLIENT_SECRET"
+                "set CONOMY_CLIENT_ID and CONOMY_CLIENT_SECRET (or a static CONOMY_ACCESS_TOKEN)"
             )
         return self
+
+    @property
+    def token_url(self) -> str:
+        """Where tokens come from: the reference's {base}/auth, unless CONOMY_AUTH_URL is set."""
+        if self.auth_url is not None:
+            return str(self.auth_url)
+        return f"{str(self.base_url).rstrip('/')}/auth"
 
     @property
     def checkout_sessions_url(self) -> str:

@@ -12,9 +12,6 @@ from paylinks import __version__
 from paylinks.worker.auth import AccessTokens
 from paylinks.worker.config import ConomyConfig, WorkerConfig
 
-# The failure url's name in a stored request; the reference does not name the field.
-FAILURE_URL = "failureUrl"
-
 
 @dataclass(frozen=True)
 class ApiAnswer:
@@ -56,7 +53,6 @@ class ConomyClient:
         parts = urlsplit(self.url)
         self.address = f"{parts.hostname}:{parts.port or (443 if parts.scheme == 'https' else 80)}"
         self.idempotency_header = config.idempotency_header
-        self.failure_url_field = config.failure_url_field
         self.http = http
         self.tokens = tokens
         self.headers = {
@@ -66,15 +62,6 @@ class ConomyClient:
             "Content-Type": "application/json",
         }
 
-    def wire_body(self, body: bytes) -> bytes:
-        """The stored request as this API wants it: the failure url under its configured name."""
-        if self.failure_url_field == FAILURE_URL or FAILURE_URL.encode() not in body:
-            return body
-        request = orjson.loads(body)
-        if FAILURE_URL in request:
-            request[self.failure_url_field] = request.pop(FAILURE_URL)
-        return orjson.dumps(request)
-
     async def create_checkout_session(self, body: bytes, idempotency_key: str) -> ApiAnswer:
         """POST one checkout request; a rejected token is renewed and the call sent once more.
 
@@ -82,7 +69,6 @@ class ConomyClient:
         caller cannot know whether the session was created, only that it may ask again
         under the same idempotency key.
         """
-        body = self.wire_body(body)
         token = await self.tokens.get()
         answer = await self._post(body, idempotency_key, token)
         if answer.status == 401:
