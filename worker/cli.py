@@ -222,11 +222,22 @@ async def list_dead_letters(args: argparse.Namespace) -> int:
             if args.json:
                 print_json(row)
             else:
-                print(
-                    f"{row['failedAt']}  {row['checkoutToken']}  batch {row['batch']}  "
-                    f"attempts {row['attempts']}  HTTP {row['httpStatus'] or '-'}  {row['error']}"
-                )
+                print(dead_letter_line(row))
     return 0
+
+
+def dead_letter_line(row: dict[str, Any]) -> str:
+    line = (
+        f"{row['failedAt']}  {row['checkoutToken']}  batch {row['batch']}  "
+        f"attempts {row['attempts']}  HTTP {row['httpStatus'] or '-'}"
+    )
+    # What the provider's support asks for: the error's type and code, and its traceId.
+    if row["errorType"] or row["errorCode"]:
+        line += f"  {row['errorType'] or '-'} (code {row['errorCode'] or '-'})"
+    line += f"  {row['error']}"
+    if row["traceId"]:
+        line += f"  traceId {row['traceId']}"
+    return line
 
 
 async def retry_dead_letters(args: argparse.Namespace) -> int:
