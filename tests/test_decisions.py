@@ -375,6 +375,19 @@ async def test_the_look_up_stops_at_the_page_that_reaches_past_the_attempt(
     assert [q["offset"] for q in api.queries] == ["0", "100", "200"]
 
 
+async def test_a_session_seen_on_two_pages_is_one_session(redis: Redis, api: Api) -> None:
+    api.answers.append(Answer(201, SESSION, delay=1.0))
+    async with checkout_job(api) as job:
+        await job.retried()
+        # A session made between two pages pushes the first page's last onto the second.
+        others = [listed(f"cs_{i}", now(), token=f"T{i}") for i in range(99)]
+        api.listed = [*others, listed("cs_1", now()), listed("cs_1", now())]
+        assert await job.run() == "created"
+        record = await job.record()
+    assert (record.session_id, record.duplicate_sessions) == ("cs_1", ())
+    assert await redis.zcard(layout.DEAD_LETTERS) == 0
+
+
 async def test_with_reconciliation_off_a_timeout_is_posted_again_unseen(
     redis: Redis, api: Api
 ) -> None:

@@ -76,7 +76,12 @@ async def find_sessions(
         if following is not None and following <= offset:
             raise LookupFailedError(f"listing sessions: the page after {offset} is {following}")
         offset = following
-        found.sessions += [s for s in page if s.checkout_token == checkout_token]
+        # Sessions made while we read push older ones onto the next page, where they show
+        # again: a session seen twice is one session.
+        seen = {s.id for s in found.sessions}
+        found.sessions += [
+            s for s in page if s.checkout_token == checkout_token and s.id not in seen
+        ]
         # Newest first: once a page reaches past the attempt, older pages cannot hold it.
         if not page or any(_created(s) < oldest for s in page):
             break
