@@ -271,6 +271,20 @@ def worker(args: argparse.Namespace) -> int:
     return 0
 
 
+def check(args: argparse.Namespace) -> int:
+    from paylinks.worker.check import CheckFailedError
+    from paylinks.worker.check import check as run_check
+
+    config, conomy = load(WorkerConfig), load(ConomyConfig)
+    try:
+        asyncio.run(run_check(config, conomy))
+    except CheckFailedError as e:
+        sys.stdout.flush()
+        print(f"paylinks: check: {e}", file=sys.stderr)
+        return EXIT_FAILED
+    return 0
+
+
 def serve_sandbox(args: argparse.Namespace) -> int:
     # aiohttp's server: a tenth of a second no other command needs.
     from paylinks.devtools import sandbox, sandbox_options
@@ -337,6 +351,15 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--concurrency", type=int, help="jobs at once (PAYLINKS_CONCURRENCY)")
     p.add_argument("--burst", action="store_true", help="exit once nothing is left to do")
     p.set_defaults(run=worker)
+
+    p = add_command(
+        commands,
+        "check",
+        "before a run: settings, Redis, a token and one page of sessions; creates nothing",
+        WorkerConfig,
+        ConomyConfig,
+    )
+    p.set_defaults(run=check)
 
     p = add_command(commands, "status", "a batch's counts by state", ProducerConfig)
     p.add_argument("batch")
