@@ -5,7 +5,6 @@ in our models is not mirrored by the stand-in API."""
 from __future__ import annotations
 
 import re
-import uuid
 from collections.abc import Callable, Mapping
 from decimal import Decimal
 from typing import Any
@@ -50,17 +49,6 @@ class RefusalError(Exception):
         super().__init__(detail)
         self.code, self.type = kind
         self.detail = detail
-
-
-def error_body(status: int, code: str, type: str, detail: str) -> dict[str, Any]:
-    """The documented error body."""
-    return {
-        "status": status,
-        "code": code,
-        "type": type,
-        "detail": detail,
-        "traceId": uuid.uuid4().hex,
-    }
 
 
 Rule = Callable[[str, Any], None]

@@ -23,6 +23,7 @@ from pydantic import BaseModel, ConfigDict, Field, NonNegativeFloat, NonNegative
 
 from paylinks.devtools import contract
 from paylinks.devtools.sandbox_options import SandboxOptions
+from paylinks.devtools.sandbox_sessions import BadQueryError, list_page
 
 API_VERSION = "24-04-2025"
 _KEPT_REQUESTS = 1000
@@ -43,19 +44,48 @@ class _Faults(BaseModel):
     slow_rate: _Rate = 0
     slow_ms: NonNegativeFloat = 0
     reject_prefix: str = ""
+    drop_rate: _Rate = 0
+    honour_idempotency_key: bool = False
+    conflict_on_repeated_token: bool = False
+
+
+# The reference's error codes, by type.
+_ERROR_CODES = {
+    "serverError": "01",
+    "unknown": "02",
+    "invalidParam": "11",
+    "missingParam": "12",
+    "alreadyExist": "13",
+    "parsingResource": "14",
+    "failedPrecondition": "21",
+    "notFound": "31",
+    "tooManyRequests": "32",
+    "unauthorized": "41",
+    "unimplemented": "42",
+    "forbiddenOperation": "43",
+}
+# The type of an error aiohttp raises itself (no route, wrong method).
+_TYPES_BY_STATUS = {404: "notFound", 405: "unimplemented", 413: "invalidParam"}
 
 
 class _ApiError(Exception):
-    """An error answer, sent as `{"error": {"code", "message"}}`."""
+    """An error answer, in the documented shape `{status, code, type, detail, traceId}`;
+    `type` is one of the reference's (`_ERROR_CODES`)."""
 
     def __init__(
-        self, status: int, code: str, message: str, headers: Mapping[str, str] | None = None
+        self, status: int, type: str, detail: str, headers: Mapping[str, str] | None = None
     ) -> None:
-        super().__init__(message)
-        self.status, self.code, self.message, self.headers = status, code, message, headers
+        super().__init__(detail)
+        self.status, self.type, self.detail, self.headers = status, type, detail, headers
 
     def response(self) -> web.Response:
-        body = {"error": {"code": self.code, "message": self.message}}
+        body = {
+            "status": self.status,
+            "code": _ERROR_CODES[self.type],
+            "type": self.type,
+            "detail": self.detail,
+            "traceId": uuid.uuid4().hex,
+        }
         return web.json_response(body, status=self.status, headers=self.headers)
 
 
@@ -70,6 +100,9 @@ class _Records:
     by_status: Counter[str] = field(default_factory=Counter)
     tokens_issued: int = 0
     requests: deque[dict[str, Any]] = field(default_factory=lambda: deque(maxlen=_KEPT_REQUESTS))
+    # Answers dropped after their session was stored (the drop_rate knob), and list calls.
+    dropped: int = 0
+    lists: int = 0
 
 
 @dataclass
@@ -108,7 +141,17 @@ async def _create_session(request: web.Request) -> web.Response:
     # Replays are held back too: a slow provider is as slow for the client's retry.
     if response.status == 201 and sandbox.chance(sandbox.options.slow_rate):
         await asyncio.sleep(sandbox.options.slow_ms / 1000)
+    if response.status == 201 and sandbox.chance(sandbox.options.drop_rate):
+        _drop(request, records)
     return response
+
+
+def _drop(request: web.Request, records: _Records) -> None:
+    """The session is stored, but its answer never leaves: the connection is cut, so the
+    client sees it reset (or times out), as when a provider fails after its commit."""
+    records.dropped += 1
+    assert request.transport is not None
+    request.transport.abort()
 
 
 def _checkout(
@@ -118,37 +161,52 @@ def _checkout(
     # its session, concurrent calls with one key cannot both create a session.
     _check_headers(request, sandbox)
     if request.content_type != "application/json":
-        raise _ApiError(415, "unsupported_media_type", "Content-Type must be application/json")
+        raise _ApiError(415, "invalidParam", "Content-Type must be application/json")
     body = _json_object(text)
     try:
         contract.check_checkout(body)
     except contract.RefusalError as refusal:
-        return web.json_response(
-            contract.error_body(400, refusal.code, refusal.type, refusal.detail), status=400
-        )
+        raise _ApiError(400, refusal.type, refusal.detail) from None
     options = sandbox.options
     if options.reject_prefix and str(body.get("checkoutToken")).startswith(options.reject_prefix):
         message = (
             f"owner.identityId {body['owner']['identityId']!r} is not an identity of this account"
         )
-        raise _ApiError(400, "invalid_request", message)
+        raise _ApiError(400, "invalidParam", message)
     if sandbox.chance(options.error_rate):
-        raise _ApiError(500, "internal_error", "injected fault (error_rate)")
+        raise _ApiError(500, "serverError", "injected fault (error_rate)")
     if sandbox.chance(options.throttle_rate):
         retry_after = {"Retry-After": str(options.retry_after)}
-        raise _ApiError(429, "rate_limited", "injected fault (throttle_rate)", retry_after)
-    key = request.headers.get("Idempotency-Key")
+        raise _ApiError(429, "tooManyRequests", "injected fault (throttle_rate)", retry_after)
+    key = request.headers.get("Idempotency-Key") if options.honour_idempotency_key else None
     if key and key in records.replays:
-        first_body, session_id = records.replays[key]
-        if first_body != body:
-            message = f"Idempotency-Key {key!r} was first sent with another body"
-            raise _ApiError(409, "idempotency_conflict", message)
-        return web.json_response(records.sessions[session_id], status=201)
+        return _replay(records, key, body)
+    _refuse_a_repeated_token(str(body["checkoutToken"]), records, options)
     session = _session(body, request)
     records.sessions[session["id"]] = session
     if key:
         records.replays[key] = (body, session["id"])
     return web.json_response(session, status=201)
+
+
+def _replay(records: _Records, key: str, body: dict[str, Any]) -> web.Response:
+    """The first answer again, as an API honouring `Idempotency-Key` would give it (the
+    `honour_idempotency_key` knob: the reference documents no such header)."""
+    first_body, session_id = records.replays[key]
+    if first_body != body:
+        raise _ApiError(
+            409, "alreadyExist", f"Idempotency-Key {key!r} was first sent with another body"
+        )
+    return web.json_response(records.sessions[session_id], status=201)
+
+
+def _refuse_a_repeated_token(token: str, records: _Records, options: SandboxOptions) -> None:
+    """409 alreadyExist to a second create of one checkoutToken (the
+    `conflict_on_repeated_token` knob: the reference leaves this open)."""
+    if options.conflict_on_repeated_token and any(
+        s["checkoutToken"] == token for s in records.sessions.values()
+    ):
+        raise _ApiError(409, "alreadyExist", f"a checkout session for {token!r} already exists")
 
 
 def _check_headers(request: web.Request, sandbox: _Sandbox) -> None:
@@ -158,11 +216,11 @@ def _check_headers(request: web.Request, sandbox: _Sandbox) -> None:
     if not sandbox.accepts(token):
         raise _ApiError(401, "unauthorized", "the bearer token is unknown or expired")
     if request.headers.get("x-api-key") != sandbox.options.api_key:
-        raise _ApiError(403, "forbidden", "x-api-key header is missing or wrong")
+        raise _ApiError(403, "forbiddenOperation", "x-api-key header is missing or wrong")
     version = request.headers.get("conomyhq-api-version")
     if version != API_VERSION:
         message = f"conomyhq-api-version header must be {API_VERSION}, got {version!r}"
-        raise _ApiError(400, "unsupported_api_version", message)
+        raise _ApiError(400, "invalidParam", message)
 
 
 def _session(body: dict[str, Any], request: web.Request) -> dict[str, Any]:
@@ -220,19 +278,41 @@ def _json_object(text: str) -> dict[str, Any]:
     try:
         body = json.loads(text)
     except ValueError:
-        raise _ApiError(400, "invalid_json", "the body is not valid JSON") from None
+        raise _ApiError(400, "parsingResource", "the body is not valid JSON") from None
     if not isinstance(body, dict):
-        raise _ApiError(400, "invalid_json", "the body must be a JSON object")
+        raise _ApiError(400, "parsingResource", "the body must be a JSON object")
     return body
 
 
 async def _get_session(request: web.Request) -> web.Response:
+    return web.json_response(_one_session(request))
+
+
+async def _list_sessions(request: web.Request) -> web.Response:
+    sandbox = request.app[_SANDBOX]
+    _check_headers(request, sandbox)
+    sandbox.records.lists += 1
+    try:
+        page = list_page(sandbox.records.sessions.values(), request.query)
+    except BadQueryError as error:
+        raise _ApiError(400, "invalidParam", str(error)) from None
+    return web.json_response(page)
+
+
+async def _delete_session(request: web.Request) -> web.Response:
+    """Invalidates the session: its link stops working; it stays listed, EXPIRED."""
+    session = _one_session(request)
+    session["status"] = "EXPIRED"
+    return web.json_response(session)
+
+
+def _one_session(request: web.Request) -> dict[str, Any]:
     sandbox = request.app[_SANDBOX]
     _check_headers(request, sandbox)
     session_id = request.match_info["id"]
     if session_id not in sandbox.records.sessions:
-        raise _ApiError(404, "not_found", f"no checkout session {session_id!r}")
-    return web.json_response(sandbox.records.sessions[session_id])
+        raise _ApiError(404, "notFound", f"no checkout session {session_id!r}")
+    return sandbox.records.sessions[session_id]
 
 
 async def _issue_token(request: web.Request) -> web.Response:
@@ -240,21 +320,21 @@ async def _issue_token(request: web.Request) -> web.Response:
     sandbox = request.app[_SANDBOX]
     options = sandbox.options
     if request.headers.get("x-api-key") != options.api_key:
-        return _auth_refusal(403, "43", "forbiddenOperation", "x-api-key is missing or wrong")
+        raise _ApiError(403, "forbiddenOperation", "x-api-key is missing or wrong")
     try:
         credentials = json.loads(await request.text())
     except ValueError:
         credentials = None
     if not isinstance(credentials, dict):
-        return _auth_refusal(400, "14", "parsingResource", "the body is not a JSON object")
+        raise _ApiError(400, "parsingResource", "the body is not a JSON object")
     for name in ("clientId", "clientSecret"):
         if not isinstance(credentials.get(name), str):
-            return _auth_refusal(400, *contract.MISSING, f"{name} is required")
+            raise _ApiError(400, "missingParam", f"{name} is required")
     if (credentials["clientId"], credentials["clientSecret"]) != (
         options.client_id,
         options.client_secret,
     ):
-        return _auth_refusal(401, "41", "unauthorized", "clientId or clientSecret is wrong")
+        raise _ApiError(401, "unauthorized", "clientId or clientSecret is wrong")
     token = f"sbx_{secrets.token_urlsafe(24)}"
     sandbox.tokens[token] = time.monotonic() + options.token_ttl
     sandbox.records.tokens_issued += 1
@@ -263,20 +343,22 @@ async def _issue_token(request: web.Request) -> web.Response:
     )
 
 
-def _auth_refusal(status: int, code: str, type: str, detail: str) -> web.Response:
-    return web.json_response(contract.error_body(status, code, type, detail), status=status)
-
-
 async def _stats(request: web.Request) -> web.Response:
     records = request.app[_SANDBOX].records
-    per_token = Counter(session["checkoutToken"] for session in records.sessions.values())
+    per_token: dict[str, list[str]] = {}
+    for session in records.sessions.values():
+        per_token.setdefault(session["checkoutToken"], []).append(session["id"])
     return web.json_response(
         {
             "sessions": len(records.sessions),
             "calls": len(records.call_times),
             "by_status": records.by_status,
             "tokens_issued": records.tokens_issued,
-            "duplicate_tokens": sum(1 for count in per_token.values() if count > 1),
+            "duplicate_tokens": sum(1 for ids in per_token.values() if len(ids) > 1),
+            # Every session's id by its checkoutToken, oldest first: one each, or duplicates.
+            "sessions_per_token": per_token,
+            "dropped": records.dropped,
+            "lists": records.lists,
             "call_times": records.call_times,
         }
     )
@@ -288,7 +370,7 @@ async def _set_faults(request: web.Request) -> web.Response:
         faults = _Faults.model_validate(_json_object(await request.text()))
     except ValidationError as error:
         problems = "; ".join(f"{'.'.join(map(str, e['loc']))}: {e['msg']}" for e in error.errors())
-        raise _ApiError(400, "invalid_request", problems) from None
+        raise _ApiError(400, "invalidParam", problems) from None
     for name, value in faults.model_dump(exclude_unset=True).items():
         setattr(options, name, value)
     return web.json_response({name: getattr(options, name) for name in _Faults.model_fields})
@@ -304,7 +386,7 @@ async def _recent_requests(request: web.Request) -> web.Response:
     try:
         limit = int(request.query.get("limit", _KEPT_REQUESTS))
     except ValueError:
-        raise _ApiError(400, "invalid_request", "limit must be an integer") from None
+        raise _ApiError(400, "invalidParam", "limit must be an integer") from None
     return web.json_response({"requests": kept[max(len(kept) - limit, 0) :]})
 
 
@@ -314,6 +396,12 @@ async def _json_errors(request: web.Request, handler: Handler) -> web.StreamResp
         return await handler(request)
     except _ApiError as error:
         return error.response()
+    except web.HTTPException as error:
+        # aiohttp's own (no such route, wrong method): in the documented shape too.
+        if error.status < 400:
+            raise
+        kind = _TYPES_BY_STATUS.get(error.status, "invalidParam")
+        return _ApiError(error.status, kind, error.reason).response()
 
 
 def build_app(options: SandboxOptions) -> web.Application:
@@ -323,7 +411,9 @@ def build_app(options: SandboxOptions) -> web.Application:
     app.add_routes(
         [
             web.post("/sandbox/checkout-sessions", _create_session),
+            web.get("/sandbox/checkout-sessions", _list_sessions),
             web.get("/sandbox/checkout-sessions/{id}", _get_session),
+            web.delete("/sandbox/checkout-sessions/{id}", _delete_session),
             web.post("/sandbox/auth", _issue_token),
             # Test controls, not part of the Conomy API: inspect what clients sent, set faults.
             web.get("/sandbox/_control/stats", _stats),

@@ -25,6 +25,13 @@ class SandboxOptions:
     # checkoutTokens starting with this are refused with a 400, as the real API refuses a
     # request that is well formed but that it will not accept (an unknown owner, say).
     reject_prefix: str = ""
+    # The fraction of sessions stored whose answer is then dropped (the connection cut).
+    drop_rate: float = 0
+    # Replay the first answer to a repeated Idempotency-Key. Off, as the reference documents
+    # no such header: a repeated request creates another session.
+    honour_idempotency_key: bool = False
+    # Answer 409 alreadyExist to a second create of one checkoutToken.
+    conflict_on_repeated_token: bool = False
     seed: int | None = None
 
 
@@ -51,6 +58,17 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     add("--client-id", default=d.client_id, help="client id the token endpoint accepts")
     add("--client-secret", default=d.client_secret, help="client secret the token endpoint accepts")
     add("--token-ttl", type=int, default=d.token_ttl, help="lifetime in seconds of issued tokens")
+    add("--drop-rate", type=_rate, default=d.drop_rate, help="fraction of 201s never answered")
+    add(
+        "--honour-idempotency-key",
+        action="store_true",
+        help="replay the first answer to a repeated Idempotency-Key (undocumented by Conomy)",
+    )
+    add(
+        "--conflict-on-repeated-token",
+        action="store_true",
+        help="answer 409 alreadyExist to a second create of one checkoutToken",
+    )
     add("--reject-prefix", default=d.reject_prefix, help="refuse checkoutTokens with this prefix")
     add("--seed", type=int, default=d.seed, help="seed for the fault draws, for repeatable runs")
 

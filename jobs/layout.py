@@ -163,8 +163,19 @@ class RecordField(StrEnum):
     SESSION_STATUS = "session_status"
     HTTP_STATUS = "http_status"
     ERROR = "error"
+    # The API's error `code` and `type` (what the provider asks clients to branch on) and its
+    # `traceId` (what its support asks for), from the last answer that was an error.
+    ERROR_CODE = "error_code"
+    ERROR_TYPE = "error_type"
+    TRACE_ID = "trace_id"
     # The start of the API's answer to a failed request, for its dead letter.
     RESPONSE = "response"
+    # When (ms) the earliest attempt whose answer never came was sent: while it is set, the
+    # session may exist, so the next attempt looks for it before posting again.
+    SENT_AT = "sent_at"
+    # Ids of the sessions found beyond the one kept, when the API holds more than one for
+    # the checkoutToken: for a person to invalidate (comma separated).
+    DUPLICATE_SESSIONS = "duplicate_sessions"
 
 
 class BatchField(StrEnum):

@@ -48,7 +48,15 @@ def sandbox_process() -> Iterator[Sandbox]:
 async def sandbox(sandbox_process: Sandbox) -> Sandbox:
     await sandbox_process.control("POST", "reset")
     await sandbox_process.faults(
-        latency_ms=0, error_rate=0, throttle_rate=0, slow_rate=0, retry_after=1, reject_prefix=""
+        latency_ms=0,
+        error_rate=0,
+        throttle_rate=0,
+        slow_rate=0,
+        retry_after=1,
+        reject_prefix="",
+        drop_rate=0,
+        honour_idempotency_key=False,
+        conflict_on_repeated_token=False,
     )
     return sandbox_process
 

@@ -52,7 +52,7 @@ class Sandbox:
         stats: dict[str, Any] = await self.control("GET", "stats")
         return stats
 
-    async def faults(self, **knobs: float | str) -> None:
+    async def faults(self, **knobs: float | str | bool) -> None:
         await self.control("POST", "faults", knobs)
 
     async def requests(self, limit: int = 10) -> list[dict[str, Any]]:

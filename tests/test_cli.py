@@ -109,6 +109,10 @@ async def test_results_are_pending_until_a_worker_ran_and_export_as_csv(
         "expiresAt",
         "attempts",
         "error",
+        "errorCode",
+        "errorType",
+        "traceId",
+        "duplicateSessions",
     ]
 
 

@@ -101,8 +101,8 @@ async def test_the_pages_show_a_batch_its_failures_and_requests_without_personal
             assert "completed " in listing
 
             page = pages["batch"] = await text(http, f"/batches/{batch}")
-            # The failures, grouped: one reason, three requests, the API's code shown.
-            assert re.search(r"<td>3</td><td>400</td><td></td><td>invalid_request</td>", page)
+            # The failures, grouped: one reason, three requests, the API's type and code shown.
+            assert re.search(r"<td>3</td><td>400</td><td>invalidParam</td><td>11</td>", page)
             assert "is not an identity of this account" in page
             for token in (*REFUSED, requests[4]["checkoutToken"]):
                 assert token in page
@@ -117,7 +117,7 @@ async def test_the_pages_show_a_batch_its_failures_and_requests_without_personal
                 assert response.status == 303
                 assert response.headers["Location"] == f"/requests/{key}"
             one = pages["request"] = await text(http, f"/requests/{key}")
-            for shown in ("failed", "400", "invalid_request", key, batch, "Retry it"):
+            for shown in ("failed", "400", "invalidParam", key, batch, "Retry it"):
                 assert shown in one
             created = layout.idempotency_key(requests[4]["checkoutToken"])
             link = pages["created"] = await text(http, f"/requests/{created}")
@@ -175,7 +175,7 @@ async def test_without_the_token_a_request_gets_401_and_no_data(
                         assert response.status == 401, path
                         assert "set-cookie" not in response.headers
                     # The login form sends the browser back to the path asked for, and only that.
-                    for secret in (batch, "REFUSE-0", key, "invalid_request"):
+                    for secret in (batch, "REFUSE-0", key, "invalidParam"):
                         assert secret in path or secret not in body, (path, secret)
             for action in ("/dead-letters/retry", "/dead-letters/purge"):
                 async with http.post(action, data={"batch": batch}) as response:

@@ -120,7 +120,7 @@ async def test_a_failed_request_is_opened_and_its_dead_letter_retried_until_crea
         # From the failure group's examples to one failed request.
         await page.locator("table.failures").get_by_role("link", name="REFUSE-0").click()
         record = page.locator("dl.record")
-        await record.get_by_text("invalid_request").wait_for()
+        await record.get_by_text("invalidParam").wait_for()
         assert await page.locator("[data-field=state]").inner_text() == "failed"
         assert "400" in await record.inner_text()
         for customer in (requests[0]["customer"]["email"], requests[0]["customer"]["lastName"]):

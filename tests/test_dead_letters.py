@@ -46,11 +46,21 @@ async def test_a_request_the_api_refuses_fails_at_once_into_the_dead_letters(
     for letter in letters:
         assert letter["httpStatus"] == 400
         assert "is not an identity of this account" in letter["error"]
-        assert "invalid_request" in letter["response"]
+        assert (letter["errorType"], letter["errorCode"]) == ("invalidParam", "11")
+        assert letter["traceId"] == json.loads(letter["response"])["traceId"]
         assert letter["attempts"] == 1
         assert letter["batch"] == batch
     by_status = (await sandbox.stats())["by_status"]
     assert by_status["400"] == 3
+    # What the provider's support asks for, on each line of the listing.
+    listed = paylinks("dead-letters", "list", env=env).stdout.decode().splitlines()
+    traces = {letter["traceId"] for letter in letters}
+    assert len(listed) == 3
+    for line in listed:
+        assert "HTTP 400  invalidParam (code 11)  owner.identityId" in line
+        assert line.split("  traceId ")[1] in traces
+    rows = {r["checkoutToken"]: r for r in results(batch, env)}
+    assert {rows[f"REFUSE-{i}"]["traceId"] for i in range(3)} == traces
 
 
 async def test_dead_letters_retried_under_the_same_key_are_created(

@@ -115,7 +115,7 @@ async def test_a_dead_letter_keeps_the_first_2000_characters_of_the_response(
     redis: Redis, env: dict[str, str], tmp_path: Path
 ) -> None:
     assert RESPONSE_KEPT == 2000  # the README's figure
-    answer = b'{"error": {"message": "no"}, "detail": "' + b"x" * 5000 + b'"}'
+    answer = b'{"detail": "no", "padding": "' + b"x" * 5000 + b'"}'
     batch = enqueue(write_requests(tmp_path / "one.jsonl", example_requests(1)), env)["batch"]
     async with api_answering(400, answer) as (url, _):
         await burst({**env, "CONOMY_BASE_URL": f"{url}/api"})

@@ -4,7 +4,7 @@ from datetime import UTC, datetime
 
 import pytest
 
-from paylinks.worker.retries import backoff, is_retryable, retry_after_seconds
+from paylinks.worker.retries import Verdict, backoff, is_retryable, retry_after_seconds, verdict
 
 
 @pytest.mark.parametrize("status", [408, 425, 429, 500, 502, 503, 504])
@@ -42,3 +42,27 @@ def test_backoff_grows_within_its_window_and_stops_at_the_cap() -> None:
 
 def test_backoff_never_comes_back_before_retry_after() -> None:
     assert all(backoff(1, base=0.1, cap=1.0, retry_after=5.0) == 5.0 for _ in range(50))
+
+
+@pytest.mark.parametrize(
+    ("status", "code", "type_", "expected"),
+    [
+        (429, "32", "tooManyRequests", Verdict.THROTTLED),
+        (429, None, None, Verdict.THROTTLED),
+        (400, "32", None, Verdict.THROTTLED),
+        (501, "42", "unimplemented", Verdict.PERMANENT),
+        (500, None, "unimplemented", Verdict.PERMANENT),
+        (501, None, None, Verdict.PERMANENT),
+        (500, "01", "serverError", Verdict.RETRY),
+        (500, "2", None, Verdict.RETRY),
+        (503, None, None, Verdict.RETRY),
+        (409, "13", "alreadyExist", Verdict.EXISTS),
+        (409, None, None, Verdict.EXISTS),
+        (400, "11", "invalidParam", Verdict.PERMANENT),
+        (404, "31", "notFound", Verdict.PERMANENT),
+    ],
+)
+def test_the_verdict_follows_the_code_and_type(
+    status: int, code: str | None, type_: str | None, expected: Verdict
+) -> None:
+    assert verdict(status, code, type_) == expected

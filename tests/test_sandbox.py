@@ -9,7 +9,7 @@ import copy
 import json
 import time
 from collections.abc import AsyncIterator
-from datetime import datetime
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import aiohttp
@@ -130,7 +130,7 @@ async def test_bad_headers_are_refused(
 ) -> None:
     got, answer = await post(client, checkout_body(), **headers)
     assert got == status
-    assert named in answer["error"]["message"]
+    assert named in answer["detail"]
     assert (await stats(client))["sessions"] == 0
 
 
@@ -140,7 +140,7 @@ async def test_a_body_that_is_not_a_json_object_is_refused(client: Client) -> No
         assert response.status == 415
     status, answer = await post(client, ["not", "an", "object"])
     assert status == 400
-    assert answer["error"]["code"] == "invalid_json"
+    assert (answer["code"], answer["type"]) == ("14", "parsingResource")
 
 
 def changed(path: str, value: Any) -> dict[str, Any]:
@@ -218,14 +218,17 @@ async def test_every_example_line_is_accepted(client: Client) -> None:
 
 def test_the_sandbox_judges_bodies_without_paylinks_models() -> None:
     # Its rules are its own reading of the reference: a bug in ours must not be mirrored.
-    for module in ("sandbox.py", "contract.py"):
+    for module in ("sandbox.py", "sandbox_sessions.py", "contract.py"):
         tree = ast.parse((ROOT / "devtools" / module).read_text())
         imported = [n.module for n in ast.walk(tree) if isinstance(n, ast.ImportFrom)]
         imported += [a.name for n in ast.walk(tree) if isinstance(n, ast.Import) for a in n.names]
         assert not [name for name in imported if name and name.startswith("paylinks.jobs")]
 
 
-async def test_an_idempotency_key_replays_the_first_answer(client: Client) -> None:
+async def test_an_idempotency_key_replays_the_first_answer(
+    client: Client, options: SandboxOptions
+) -> None:
+    options.honour_idempotency_key = True
     first = await post(client, checkout_body(), key="k1")
     again = await post(client, checkout_body(), key="k1")
     assert first == again
@@ -234,16 +237,20 @@ async def test_an_idempotency_key_replays_the_first_answer(client: Client) -> No
     assert (counts["sessions"], counts["calls"], counts["by_status"]) == (1, 2, {"201": 2})
 
 
-async def test_an_idempotency_key_with_another_body_is_a_conflict(client: Client) -> None:
+async def test_an_idempotency_key_with_another_body_is_a_conflict(
+    client: Client, options: SandboxOptions
+) -> None:
+    options.honour_idempotency_key = True
     await post(client, checkout_body(), key="k1")
     status, answer = await post(client, checkout_body(duration=60), key="k1")
     assert status == 409
-    assert answer["error"]["code"] == "idempotency_conflict"
+    assert (answer["code"], answer["type"]) == ("13", "alreadyExist")
 
 
 async def test_concurrent_calls_with_one_key_create_one_session(
     client: Client, options: SandboxOptions
 ) -> None:
+    options.honour_idempotency_key = True
     options.latency_ms = 20  # so the calls overlap inside the sandbox
     answers = await asyncio.gather(*(post(client, checkout_body(), key="k1") for _ in range(10)))
     assert {session["id"] for _, session in answers} == {answers[0][1]["id"]}
@@ -263,7 +270,8 @@ async def test_error_rate_answers_500_without_a_session(
     options.error_rate = 1
     status, answer = await post(client, checkout_body(), key="k1")
     assert status == 500
-    assert answer["error"]["code"] == "internal_error"
+    assert (answer["status"], answer["code"], answer["type"]) == (500, "01", "serverError")
+    assert answer["traceId"]
     assert (await stats(client))["sessions"] == 0
 
 
@@ -282,6 +290,7 @@ async def test_slow_answers_arrive_late_but_the_session_is_stored(
     client: Client, options: SandboxOptions
 ) -> None:
     options.slow_rate, options.slow_ms = 1, 300
+    options.honour_idempotency_key = True
     started = time.monotonic()
     assert (await post(client, checkout_body()))[0] == 201
     assert time.monotonic() - started >= 0.3
@@ -378,7 +387,7 @@ async def test_controls_show_requests_and_reset(client: Client) -> None:
 async def test_an_unknown_session_is_404(client: Client) -> None:
     async with client.get(f"{CHECKOUT}/cs_nope", headers=HEADERS) as response:
         assert response.status == 404
-        assert (await response.json())["error"]["code"] == "not_found"
+        assert (await response.json())["type"] == "notFound"
 
 
 def test_command_line_options() -> None:
@@ -388,3 +397,101 @@ def test_command_line_options() -> None:
     assert options_from(args) == SandboxOptions(error_rate=0.5, seed=3)
     with pytest.raises(SystemExit):
         parser.parse_args(["--throttle-rate", "1.5"])
+
+
+async def listing(client: Client, **query: str) -> tuple[int, dict[str, Any]]:
+    async with client.get(CHECKOUT, params=query, headers=HEADERS) as response:
+        return response.status, await response.json()
+
+
+async def test_the_list_filters_sorts_and_pages_as_the_reference_says(client: Client) -> None:
+    for i in range(5):
+        await post(client, checkout_body(checkoutToken=f"inv-{i}"))
+    await post(client, checkout_body(checkoutToken="other", owner={"identityId": "idn_2"}))
+    today = datetime.now(UTC).strftime("%d/%m/%Y")
+
+    status, page = await listing(
+        client, identityId="idn_1", startDate=today, endDate=today, sort="createdAt:desc", limit="2"
+    )
+    assert status == 200
+    assert page["pagination"] == {"count": 2, "next": 2, "previous": None, "total": 5}
+    assert [s["checkoutToken"] for s in page["results"]] == ["inv-4", "inv-3"]
+    _, last = await listing(
+        client, identityId="idn_1", sort="createdAt:desc", limit="2", offset="4"
+    )
+    assert last["pagination"] == {"count": 1, "next": None, "previous": 2, "total": 5}
+    assert [s["checkoutToken"] for s in last["results"]] == ["inv-0"]
+
+    _, by_account = await listing(client, accountNumber="123", status="ACTIVE", limit="100")
+    assert by_account["pagination"]["total"] == 6
+    _, none = await listing(client, accountNumber="999")
+    assert none == {
+        "pagination": {"count": 0, "next": None, "previous": None, "total": 0},
+        "results": [],
+    }
+    # Creation dates are whole days: yesterday's list holds nothing made today.
+    yesterday = (datetime.now(UTC) - timedelta(days=1)).strftime("%d/%m/%Y")
+    _, before = await listing(client, startDate=yesterday, endDate=yesterday)
+    assert before["pagination"]["total"] == 0
+    assert (await stats(client))["lists"] == 5
+
+
+@pytest.mark.parametrize(
+    "query", [{"startDate": "2026-01-01"}, {"sort": "createdAt"}, {"limit": "0"}, {"offset": "x"}]
+)
+async def test_a_bad_list_query_is_refused_in_the_documented_shape(
+    client: Client, query: dict[str, str]
+) -> None:
+    status, answer = await listing(client, **query)
+    assert status == 400
+    assert (answer["status"], answer["code"], answer["type"]) == (400, "11", "invalidParam")
+
+
+async def test_a_deleted_session_is_invalidated(client: Client) -> None:
+    _, session = await post(client, checkout_body())
+    async with client.delete(f"{CHECKOUT}/{session['id']}", headers=HEADERS) as response:
+        assert response.status == 200
+    async with client.get(f"{CHECKOUT}/{session['id']}", headers=HEADERS) as response:
+        assert (await response.json())["status"] == "EXPIRED"
+    async with client.delete(f"{CHECKOUT}/cs_nope", headers=HEADERS) as response:
+        assert response.status == 404
+
+
+async def test_by_default_a_repeated_request_creates_another_session(client: Client) -> None:
+    # The reference documents no Idempotency-Key: the sandbox ignores it unless told.
+    first = await post(client, checkout_body(), key="k1")
+    again = await post(client, checkout_body(), key="k1")
+    assert first[1]["id"] != again[1]["id"]
+    counts = await stats(client)
+    assert counts["sessions_per_token"] == {"inv-1": [first[1]["id"], again[1]["id"]]}
+
+
+async def test_a_repeated_token_can_be_answered_409_already_exist(
+    client: Client, options: SandboxOptions
+) -> None:
+    options.conflict_on_repeated_token = True
+    assert (await post(client, checkout_body(), key="k1"))[0] == 201
+    status, answer = await post(client, checkout_body(), key="k1")
+    assert status == 409
+    assert (answer["code"], answer["type"]) == ("13", "alreadyExist")
+    assert (await stats(client))["sessions"] == 1
+
+
+async def test_a_dropped_answer_leaves_its_session_stored(
+    client: Client, options: SandboxOptions
+) -> None:
+    options.drop_rate = 1
+    with pytest.raises(aiohttp.ClientError):
+        await post(client, checkout_body())
+    counts = await stats(client)
+    assert (counts["sessions"], counts["dropped"]) == (1, 1)
+    assert list(counts["sessions_per_token"]) == ["inv-1"]
+
+
+async def test_aiohttps_own_errors_are_in_the_documented_shape(client: Client) -> None:
+    async with client.get("/sandbox/nowhere") as response:
+        assert response.status == 404
+        assert (await response.json())["type"] == "notFound"
+    async with client.put(CHECKOUT) as response:
+        assert response.status == 405
+        assert (await response.json())["code"] == "42"

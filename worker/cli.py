@@ -231,11 +231,22 @@ async def list_dead_letters(args: argparse.Namespace) -> int:
             if args.json:
                 print_json(row)
             else:
-                print(
-                    f"{row['failedAt']}  {row['checkoutToken']}  batch {row['batch']}  "
-                    f"attempts {row['attempts']}  HTTP {row['httpStatus'] or '-'}  {row['error']}"
-                )
+                print(dead_letter_line(row))
     return 0
+
+
+def dead_letter_line(row: dict[str, Any]) -> str:
+    line = (
+        f"{row['failedAt']}  {row['checkoutToken']}  batch {row['batch']}  "
+        f"attempts {row['attempts']}  HTTP {row['httpStatus'] or '-'}"
+    )
+    # What the provider's support asks for: the error's type and code, and its traceId.
+    if row["errorType"] or row["errorCode"]:
+        line += f"  {row['errorType'] or '-'} (code {row['errorCode'] or '-'})"
+    line += f"  {row['error']}"
+    if row["traceId"]:
+        line += f"  traceId {row['traceId']}"
+    return line
 
 
 async def retry_dead_letters(args: argparse.Namespace) -> int:
@@ -277,6 +288,20 @@ def worker(args: argparse.Namespace) -> int:
     if args.concurrency:
         config = config.model_copy(update={"concurrency": args.concurrency})
     run(config, load(ConomyConfig), burst=args.burst)
+    return 0
+
+
+def check(args: argparse.Namespace) -> int:
+    from paylinks.worker.check import CheckFailedError
+    from paylinks.worker.check import check as run_check
+
+    config, conomy = load(WorkerConfig), load(ConomyConfig)
+    try:
+        asyncio.run(run_check(config, conomy))
+    except CheckFailedError as e:
+        sys.stdout.flush()
+        print(f"paylinks: check: {e}", file=sys.stderr)
+        return EXIT_FAILED
     return 0
 
 
@@ -356,6 +381,15 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--concurrency", type=int, help="jobs at once (PAYLINKS_CONCURRENCY)")
     p.add_argument("--burst", action="store_true", help="exit once nothing is left to do")
     p.set_defaults(run=worker)
+
+    p = add_command(
+        commands,
+        "check",
+        "before a run: settings, Redis, a token and one page of sessions; creates nothing",
+        WorkerConfig,
+        ConomyConfig,
+    )
+    p.set_defaults(run=check)
 
     p = add_command(commands, "status", "a batch's counts by state", ProducerConfig)
     p.add_argument("batch")

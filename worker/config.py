@@ -68,7 +68,8 @@ class WorkerConfig(ProducerConfig):
     http_timeout: PositiveFloat = 15
     connect_timeout: PositiveFloat = 5
     retry_base: PositiveFloat = 1
-    retry_cap: PositiveFloat = 120
+    # The provider's going-live advice for 5xx: from 1 s, doubling, at most 32 s.
+    retry_cap: PositiveFloat = 32
     shutdown_grace: PositiveInt = 25
     # One limit for the whole fleet, per API credential (calls per second; 0 = none).
     rate_limit: NonNegativeFloat = 0
@@ -79,6 +80,9 @@ class WorkerConfig(ProducerConfig):
     rate_adaptive: bool = False
     # A job waits this long for its slot at most; past it, arq brings the job back later.
     rate_max_wait: PositiveFloat = 20
+    # Before posting again after an answer that never came, or on a 409, look for the session
+    # in the API's list. Off only for an API known to honour Idempotency-Key.
+    reconcile: bool = True
     # Signs the POST to a batch's webhook (enqueue --webhook), HMAC-SHA256.
     webhook_secret: SecretStr | None = None
 

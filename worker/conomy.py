@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Any
 from urllib.parse import urlsplit
 
 import aiohttp
@@ -11,6 +12,17 @@ import orjson
 from paylinks import __version__
 from paylinks.worker.auth import AccessTokens
 from paylinks.worker.config import ConomyConfig, WorkerConfig
+
+
+@dataclass(frozen=True)
+class ApiError:
+    """What a failed answer says, in either of the reference's shapes: the documented
+    `{status, code, type, detail, traceId}` or the older `{statusCode, error, message}`."""
+
+    message: str
+    code: str | None = None
+    type: str | None = None
+    trace_id: str | None = None
 
 
 @dataclass(frozen=True)
@@ -23,19 +35,34 @@ class ApiAnswer:
     def ok(self) -> bool:
         return 200 <= self.status < 300
 
-    def error_message(self, limit: int = 500) -> str:
-        """The API's own words about a failure, trimmed, for the record and the dead letter."""
+    def error(self, limit: int = 500) -> ApiError:
+        """The API's own words about a failure, trimmed, with the code and type the provider
+        asks clients to branch on and the traceId its support asks for."""
         try:
             answer = orjson.loads(self.body)
         except orjson.JSONDecodeError:
-            return self.body[:limit].decode(errors="replace") or f"HTTP {self.status}"
-        if isinstance(answer, dict):
-            error = answer.get("error") or answer.get("message") or answer
-            if isinstance(error, dict):
-                error = error.get("message") or error
-            answer = error
-        text = answer if isinstance(answer, str) else orjson.dumps(answer).decode()
-        return text[:limit]
+            text = self.body[:limit].decode(errors="replace") or f"HTTP {self.status}"
+            return ApiError(text)
+        if not isinstance(answer, dict):
+            return ApiError(orjson.dumps(answer).decode()[:limit])
+        message = _text(answer.get("detail")) or _text(answer.get("message"))
+        # In the older shape `error` is the status's name ("Conflict"): a message of last resort.
+        message = message or _text(answer.get("error")) or orjson.dumps(answer).decode()
+        return ApiError(
+            message[:limit],
+            code=_text(answer.get("code")),
+            type=_text(answer.get("type")),
+            trace_id=_text(answer.get("traceId")),
+        )
+
+
+def _text(value: object) -> str | None:
+    """A field of an error body as text: codes come as "13" in the reference, 13 elsewhere."""
+    if isinstance(value, str):
+        return value or None
+    if isinstance(value, int | float) and not isinstance(value, bool):
+        return str(value)
+    return None
 
 
 def open_http(config: WorkerConfig) -> aiohttp.ClientSession:
@@ -66,24 +93,30 @@ class ConomyClient:
         """POST one checkout request; a rejected token is renewed and the call sent once more.
 
         Connection errors and timeouts are raised (aiohttp.ClientError, TimeoutError): the
-        caller cannot know whether the session was created, only that it may ask again
-        under the same idempotency key.
+        caller cannot know whether the session was created.
         """
+        return await self._authorised(
+            "POST", data=body, headers={self.idempotency_header: idempotency_key}
+        )
+
+    async def list_checkout_sessions(self, query: dict[str, str]) -> ApiAnswer:
+        """GET one page of sessions (the reference's filters, `limit` and `offset`)."""
+        return await self._authorised("GET", params=query)
+
+    async def _authorised(self, method: str, **request: Any) -> ApiAnswer:
         token = await self.tokens.get()
-        answer = await self._post(body, idempotency_key, token)
+        answer = await self._send(method, token, **request)
         if answer.status == 401:
             renewed = await self.tokens.renew(token)
             if renewed is not None:
-                answer = await self._post(body, idempotency_key, renewed)
+                answer = await self._send(method, renewed, **request)
         return answer
 
-    async def _post(self, body: bytes, idempotency_key: str, token: str) -> ApiAnswer:
-        headers = {
-            **self.headers,
-            "Authorization": f"Bearer {token}",
-            self.idempotency_header: idempotency_key,
-        }
-        async with self.http.post(self.url, data=body, headers=headers) as response:
+    async def _send(
+        self, method: str, token: str, headers: dict[str, str] | None = None, **request: Any
+    ) -> ApiAnswer:
+        sent = {**self.headers, **(headers or {}), "Authorization": f"Bearer {token}"}
+        async with self.http.request(method, self.url, headers=sent, **request) as response:
             return ApiAnswer(
                 response.status, await response.read(), response.headers.get("Retry-After")
             )

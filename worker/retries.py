@@ -3,13 +3,49 @@
 import random
 from datetime import UTC, datetime
 from email.utils import parsedate_to_datetime
+from enum import StrEnum
 
 # Statuses that say "not now" rather than "never": the same request may succeed later.
 RETRYABLE_STATUSES = frozenset({408, 425, 429})
+# The reference's error types by code, the codes a verdict turns on besides the status.
+TYPES_BY_CODE = {
+    "01": "serverError",
+    "02": "unknown",
+    "13": "alreadyExist",
+    "32": "tooManyRequests",
+    "42": "unimplemented",
+}
+
+
+class Verdict(StrEnum):
+    """What an error answer means for the request."""
+
+    RETRY = "retry"
+    # Slow down: the whole fleet pauses, then the request is retried.
+    THROTTLED = "throttled"
+    # The session exists already (a create that conflicts with a unique key): find it.
+    EXISTS = "exists"
+    PERMANENT = "permanent"
 
 
 def is_retryable(status: int) -> bool:
     return status in RETRYABLE_STATUSES or status >= 500
+
+
+def verdict(status: int, code: str | None = None, type_: str | None = None) -> Verdict:
+    """The provider asks clients to branch on `code` or `type`; the status decides when the
+    answer has neither (the older error shape, or a proxy's page)."""
+    kind = type_ or TYPES_BY_CODE.get((code or "").zfill(2))
+    if kind == "tooManyRequests" or (kind is None and status == 429):
+        return Verdict.THROTTLED
+    if kind == "alreadyExist" or (kind is None and status == 409):
+        return Verdict.EXISTS
+    # 501: the API cannot do this at all, so asking again changes nothing.
+    if kind == "unimplemented" or status == 501:
+        return Verdict.PERMANENT
+    if kind in ("serverError", "unknown") or is_retryable(status):
+        return Verdict.RETRY
+    return Verdict.PERMANENT
 
 
 def retry_after_seconds(value: str | None, now: datetime | None = None) -> float | None:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import time
+from collections.abc import Sequence
 from dataclasses import dataclass, replace
 from typing import Any
 
@@ -15,6 +16,7 @@ from redis.asyncio import Redis
 from redis.exceptions import RedisError
 
 from paylinks.jobs import layout
+from paylinks.jobs.batches import now_ms
 from paylinks.jobs.layout import BatchField, RecordField, State
 from paylinks.jobs.logs import get_logger
 from paylinks.jobs.models import CheckoutSession, personal_data
@@ -24,7 +26,8 @@ from paylinks.worker.config import WorkerConfig
 from paylinks.worker.conomy import ApiAnswer, ConomyClient
 from paylinks.worker.outcomes import Outcomes
 from paylinks.worker.ratelimit import Limiter, RateLimited
-from paylinks.worker.retries import backoff, is_retryable, retry_after_seconds
+from paylinks.worker.reconcile import Found, LookupFailedError, find_sessions, since_ms
+from paylinks.worker.retries import Verdict, backoff, is_retryable, retry_after_seconds, verdict
 
 # How much of a failed call's response body a dead letter keeps.
 RESPONSE_KEPT = 2000
@@ -95,10 +98,18 @@ async def _create(deps: Deps, key: str) -> str:
         return await last.fail(f"gave up after {record.attempts} attempts")
 
     try:
+        since = record.unanswered_since() if deps.config.reconcile else None
+        if since is not None:
+            # An earlier attempt's answer never came: its session may exist.
+            settled = await _look_before_posting(deps, record, log, since)
+            if settled is not None:
+                return settled
         async with deps.limiter.slot(max_wait=deps.config.rate_max_wait) as waited:
-            # Marked in flight before the call: if this worker dies now, the next run of the
-            # job finds the record in progress and sends the same Idempotency-Key again.
-            number = await deps.outcomes.move(record, State.IN_PROGRESS, new_attempt=True)
+            # Marked in flight, with the time of the call, before the call: if this worker
+            # dies now, the next run of the job knows the session may exist.
+            number = await deps.outcomes.move(
+                record, State.IN_PROGRESS, {RecordField.SENT_AT: now_ms()}, new_attempt=True
+            )
             attempt = Attempt(deps, record, log.bind(attempt=number), number, time.monotonic())
             answer = await _call(deps, record)
     except RateLimited as e:
@@ -119,6 +130,44 @@ async def _create(deps: Deps, key: str) -> str:
     return outcome
 
 
+async def _look_before_posting(deps: Deps, record: Record, log: Any, since: int) -> str | None:
+    """The outcome when the session is found; None when it is not, and it may be posted."""
+    try:
+        found = await _find(deps, record, since)
+    except (LookupFailedError, aiohttp.ClientError, TimeoutError) as e:
+        # Posting without knowing could make a second session: this attempt ends here, and
+        # the next one looks again.
+        number = await deps.outcomes.move(record, State.IN_PROGRESS, new_attempt=True)
+        attempt = Attempt(deps, record, log.bind(attempt=number), number, time.monotonic())
+        return await attempt.retry(_lookup_failure(deps, e))
+    if not found.sessions:
+        log.info("checkout.not_found", lookups=found.lookups)
+        return None
+    return await Attempt(deps, record, log, record.attempts, time.monotonic()).reconciled(found)
+
+
+async def _find(deps: Deps, record: Record, since: int) -> Found:
+    owner = orjson.loads(record.request)["owner"]["identityId"]
+    return await find_sessions(
+        deps.client,
+        deps.limiter,
+        owner=owner,
+        checkout_token=record.checkout_token,
+        since=since_ms(since),
+        max_wait=deps.config.rate_max_wait,
+    )
+
+
+def _lookup_failure(deps: Deps, error: Exception) -> str:
+    if isinstance(error, LookupFailedError):
+        return f"look-up: {error}"
+    if isinstance(error, TimeoutError):
+        return "look-up: timeout"
+    if isinstance(error, RateLimited):
+        return "look-up: rate limited"
+    return f"look-up: connection to {deps.client.address}: {type(error).__name__}"
+
+
 async def _call(deps: Deps, record: Record) -> Answer:
     try:
         return await deps.client.create_checkout_session(record.request.encode(), record.key)
@@ -133,7 +182,9 @@ async def _call(deps: Deps, record: Record) -> Answer:
 async def _decide(attempt: Attempt, answer: Answer) -> str:
     """Where an answer leads: created, another attempt after a backoff, or failed for good."""
     if isinstance(answer, NoAnswer):
+        # The session may exist: `sent_at` stays, and the next attempt looks for it.
         return await attempt.retry(answer.reason)
+    attempt = replace(attempt, answered=True)
     if isinstance(answer, AuthError):
         if answer.status is not None and not is_retryable(answer.status):
             return await attempt.fail(f"authentication: {answer}")
@@ -142,20 +193,43 @@ async def _decide(attempt: Attempt, answer: Answer) -> str:
         attempt, log=attempt.log.bind(http_status=answer.status, duration_ms=attempt.ms())
     )
     if answer.ok:
-        return await attempt.created(answer)
-    if is_retryable(answer.status):
-        if answer.status == 429:
+        return await attempt.created_from(answer)
+    error = answer.error()
+    match verdict(answer.status, error.code, error.type):
+        case Verdict.THROTTLED:
             # The limit is the credential's: every worker holds off, not only this one.
             pause = retry_after_seconds(answer.retry_after) or attempt.deps.config.retry_base
             await attempt.deps.limiter.pause(pause)
-        return await attempt.retry(answer.error_message(), answer)
-    reason = answer.error_message()
-    if answer.status == 409 and attempt.number > 1:
-        reason += (
-            f" (on attempt {attempt.number}: an earlier attempt may have created the session; "
-            "check with the API before retrying this dead letter)"
+            return await attempt.retry(error.message, answer)
+        case Verdict.RETRY:
+            return await attempt.retry(error.message, answer)
+        case Verdict.EXISTS if attempt.deps.config.reconcile:
+            return await _already_exists(attempt, answer)
+        case Verdict.EXISTS if attempt.number > 1:
+            reason = (
+                f"{error.message} (on attempt {attempt.number}: an earlier attempt may have "
+                "created the session; check with the API before retrying this dead letter)"
+            )
+            return await attempt.fail(reason, answer)
+    return await attempt.fail(error.message, answer)
+
+
+async def _already_exists(attempt: Attempt, answer: ApiAnswer) -> str:
+    """A 409 alreadyExist: the token has a session, made by an earlier attempt of ours (or by
+    someone else before it was enqueued, which the look-up from its enqueueing cannot see)."""
+    record = attempt.record
+    message = answer.error().message
+    try:
+        found = await _find(attempt.deps, record, record.enqueued_at_ms)
+    except (RateLimited, LookupFailedError, aiohttp.ClientError, TimeoutError) as e:
+        return await attempt.retry(f"{message}; {_lookup_failure(attempt.deps, e)}", answer)
+    if not found.sessions:
+        reason = (
+            f"{message} (the API holds a session for this checkoutToken, but none created "
+            "since it was enqueued: made elsewhere?)"
         )
-    return await attempt.fail(reason, answer)
+        return await attempt.fail(reason, answer)
+    return await attempt.reconciled(found)
 
 
 async def _waited(attempt: Attempt, waited: float) -> None:
@@ -175,8 +249,10 @@ class Attempt:
     log: Any
     number: int
     started: float
+    # Whether the call was answered: then no session exists that the answer did not name.
+    answered: bool = False
 
-    async def created(self, answer: ApiAnswer) -> str:
+    async def created_from(self, answer: ApiAnswer) -> str:
         try:
             session = CheckoutSession.model_validate_json(answer.body)
         except ValidationError:
@@ -184,11 +260,45 @@ class Attempt:
             # one from an API that ignores Idempotency-Key: a person looks at the kept answer.
             reason = f"the API answered {answer.status} but not with a readable checkout session"
             return await self.fail(reason, answer)
+        return await self.created(session, answer.status)
+
+    async def reconciled(self, found: Found) -> str:
+        """Created with the session an earlier attempt made; beyond the oldest, the others are
+        named on the record and in a dead letter, for a person to invalidate."""
+        kept, *others = found.sessions
+        log = self.log.bind(lookups=found.lookups)
+        attempt = replace(self, log=log, answered=True)
+        if others:
+            # Listed before the record moves: a worker dying in between leaves the dead
+            # letter, and the next run finds the same sessions again.
+            await self.deps.redis.zadd(layout.DEAD_LETTERS, {self.record.key: now_ms()})
+        return await attempt.created(
+            kept, None, event="checkout.reconciled", duplicates=[s.id for s in others]
+        )
+
+    async def created(
+        self,
+        session: CheckoutSession,
+        status: int | None,
+        *,
+        event: str = "checkout.created",
+        duplicates: Sequence[str] = (),
+    ) -> str:
+        reason = None
+        if duplicates:
+            reason = (
+                f"the API holds {len(duplicates) + 1} sessions for this checkoutToken: kept "
+                f"{session.id}, the oldest; invalidate {', '.join(duplicates)}"
+            )
 
         def announce() -> None:
             if not session.url:
                 self.log.warning("checkout.incomplete", session_id=session.id, missing="url")
-            self.log.info("checkout.created", session_id=session.id, expires_at=session.expires_at)
+            self.log.info(event, session_id=session.id, expires_at=session.expires_at)
+            if duplicates:
+                self.log.error(
+                    "checkout.duplicated", session_id=session.id, duplicate_sessions=duplicates
+                )
 
         await self.deps.outcomes.move(
             self.record,
@@ -198,8 +308,13 @@ class Attempt:
                 RecordField.URL: session.url,
                 RecordField.EXPIRES_AT: session.expires_at,
                 RecordField.SESSION_STATUS: session.status,
-                RecordField.HTTP_STATUS: answer.status,
-                RecordField.ERROR: None,
+                RecordField.HTTP_STATUS: status,
+                RecordField.ERROR: reason,
+                RecordField.ERROR_CODE: None,
+                RecordField.ERROR_TYPE: None,
+                RecordField.TRACE_ID: None,
+                RecordField.SENT_AT: None,
+                RecordField.DUPLICATE_SESSIONS: ",".join(duplicates),
             },
             announce=announce,
         )
@@ -210,19 +325,17 @@ class Attempt:
         config = self.deps.config
         if self.number >= config.max_tries:
             return await self.fail(f"{reason} (after {self.number} attempts)", answer)
-        status = answer.status if answer else None
         retry_after = retry_after_seconds(answer.retry_after) if answer else None
         delay = backoff(self.number, config.retry_base, config.retry_cap, retry_after)
-        await self.deps.outcomes.move(
-            self.record,
-            State.RETRYING,
-            {RecordField.ERROR: reason, RecordField.HTTP_STATUS: status},
-        )
+        fields = self._error_fields(reason, answer)
+        await self.deps.outcomes.move(self.record, State.RETRYING, fields)
         self.log.warning(
             "checkout.retrying",
             reason=reason,
             personal_data=self._personal_data(),
-            http_status=status,
+            http_status=fields[RecordField.HTTP_STATUS],
+            error_type=fields[RecordField.ERROR_TYPE],
+            trace_id=fields[RecordField.TRACE_ID],
             retry_in_s=round(delay, 3),
             duration_ms=self.ms(),
         )
@@ -230,25 +343,41 @@ class Attempt:
 
     async def fail(self, reason: str, answer: ApiAnswer | None = None) -> str:
         """Failed for good: the record says why, and the request joins the dead letters."""
-        status = answer.status if answer else None
-        response = answer.body[:RESPONSE_KEPT].decode(errors="replace") if answer else None
+        fields = self._error_fields(reason, answer)
+        fields[RecordField.RESPONSE] = (
+            answer.body[:RESPONSE_KEPT].decode(errors="replace") if answer else None
+        )
         await self.deps.outcomes.move(
             self.record,
             State.FAILED,
-            {
-                RecordField.ERROR: reason,
-                RecordField.HTTP_STATUS: status,
-                RecordField.RESPONSE: response,
-            },
+            fields,
             announce=lambda: self.log.error(
                 "checkout.failed",
                 reason=reason,
-                http_status=status,
+                http_status=fields[RecordField.HTTP_STATUS],
+                error_type=fields[RecordField.ERROR_TYPE],
+                trace_id=fields[RecordField.TRACE_ID],
                 attempt=self.number,
                 personal_data=self._personal_data(),
             ),
         )
         return State.FAILED.value
+
+    def _error_fields(
+        self, reason: str, answer: ApiAnswer | None
+    ) -> dict[RecordField, str | int | None]:
+        error = answer.error() if answer else None
+        fields: dict[RecordField, str | int | None] = {
+            RecordField.ERROR: reason,
+            RecordField.HTTP_STATUS: answer.status if answer else None,
+            RecordField.ERROR_CODE: error.code if error else None,
+            RecordField.ERROR_TYPE: error.type if error else None,
+            RecordField.TRACE_ID: error.trace_id if error else None,
+        }
+        if self.answered:
+            # Answered: no session was made that the record does not know of.
+            fields[RecordField.SENT_AT] = None
+        return fields
 
     def ms(self) -> int:
         """Milliseconds since the call started."""

@@ -7,8 +7,9 @@
 -- Names of fields and states as in paylinks/jobs/layout.py (tests/test_layout.py checks).
 if redis.call('HGET', KEYS[1], 'state') ~= 'failed' then return 0 end
 if redis.call('EXISTS', KEYS[7]) == 1 then return -1 end
+-- `sent_at` stays: if the last attempt went unanswered, the next one looks for its session.
 redis.call('HSET', KEYS[1], 'state', 'queued', 'attempts', 0, 'error', '', 'http_status', '',
-  'response', '', 'updated_at', ARGV[3])
+  'error_code', '', 'error_type', '', 'trace_id', '', 'response', '', 'updated_at', ARGV[3])
 redis.call('HINCRBY', KEYS[2], 'failed', -1)
 redis.call('HINCRBY', KEYS[2], 'queued', 1)
 redis.call('HDEL', KEYS[2], 'completed_at')
