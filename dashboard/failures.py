@@ -7,7 +7,7 @@ from dataclasses import dataclass, field
 
 from redis.asyncio import Redis
 
-from paylinks.dashboard.requests import ERROR_CODE, ERROR_TYPE, api_details, scrub
+from paylinks.dashboard.requests import api_details, scrub
 from paylinks.jobs import layout
 from paylinks.jobs.layout import RecordField
 
@@ -83,8 +83,8 @@ async def _slice(redis: Redis, start: int, count: int) -> list[Letter]:
                 attempts=attempts,
                 http_status=status or None,
                 error=scrub(error),
-                error_type=details.get(ERROR_TYPE),
-                error_code=details.get(ERROR_CODE),
+                error_type=details.get(RecordField.ERROR_TYPE),
+                error_code=details.get(RecordField.ERROR_CODE),
             )
         )
     return letters

@@ -14,13 +14,6 @@ from paylinks.jobs.layout import RecordField
 from paylinks.jobs.logs import EMAIL, REDACTED
 from paylinks.jobs.models import personal_data
 
-# Record fields the worker is about to write (from the API's error answer; until then they
-# are read from the answer kept in `response`). Another branch adds them to `RecordField`:
-# named here, once, until that lands; tests/test_layout.py fails as soon as they are in the
-# layout, to take them from there.
-ERROR_TYPE, ERROR_CODE, TRACE_ID = "error_type", "error_code", "trace_id"
-NOT_YET_IN_LAYOUT = (ERROR_TYPE, ERROR_CODE, TRACE_ID)
-
 # The only record fields read for display: the body (`request`) and the API's raw answer
 # (`response`) can hold the customer's personal data, so they are never in this list.
 ROW_FIELDS: tuple[str, ...] = (
@@ -29,15 +22,15 @@ ROW_FIELDS: tuple[str, ...] = (
     RecordField.ATTEMPTS,
     RecordField.HTTP_STATUS,
     RecordField.ERROR,
-    ERROR_TYPE,
+    RecordField.ERROR_TYPE,
 )
 SHOWN_FIELDS: tuple[str, ...] = (
     *ROW_FIELDS,
     RecordField.BATCH,
     RecordField.ENQUEUED_AT,
     RecordField.UPDATED_AT,
-    ERROR_CODE,
-    TRACE_ID,
+    RecordField.ERROR_CODE,
+    RecordField.TRACE_ID,
     RecordField.SESSION_ID,
     RecordField.URL,
     RecordField.EXPIRES_AT,
@@ -91,8 +84,13 @@ def api_details(response: str | None) -> dict[str, str]:
         return {}
     error = answer.get("error")
     places = [error, answer] if isinstance(error, dict) else [answer]
-    found = {}
-    for name, field in (("type", ERROR_TYPE), ("code", ERROR_CODE), ("traceId", TRACE_ID)):
+    found: dict[str, str] = {}
+    wire_names = (
+        ("type", RecordField.ERROR_TYPE),
+        ("code", RecordField.ERROR_CODE),
+        ("traceId", RecordField.TRACE_ID),
+    )
+    for name, field in wire_names:
         for place in places:
             value: Any = place.get(name)
             if isinstance(value, str | int) and not isinstance(value, bool):

@@ -4,7 +4,7 @@ non-zero exit for the first that does not. It creates nothing."""
 from __future__ import annotations
 
 from paylinks.devtools.ports import free_port
-from tests.helpers import Sandbox, paylinks
+from tests.helpers import CLIENT_ID, CLIENT_SECRET, Sandbox, paylinks
 
 
 async def test_a_working_setup_is_reported_line_by_line(
@@ -24,12 +24,9 @@ async def test_a_working_setup_is_reported_line_by_line(
 
 
 async def test_a_fetched_token_says_when_it_expires(sandbox: Sandbox, env: dict[str, str]) -> None:
+    # Credentials only: the token comes from {base}/auth.
     fetched = {k: v for k, v in env.items() if k != "CONOMY_ACCESS_TOKEN"}
-    fetched |= {
-        "CONOMY_AUTH_URL": f"{env['CONOMY_BASE_URL']}/oauth/token",
-        "CONOMY_CLIENT_ID": "sandbox-client",
-        "CONOMY_CLIENT_SECRET": "sandbox-secret",
-    }
+    fetched |= {"CONOMY_CLIENT_ID": CLIENT_ID, "CONOMY_CLIENT_SECRET": CLIENT_SECRET}
     done = paylinks("check", env=fetched)
     assert done.returncode == 0, done.stderr.decode()
     token_line = done.stdout.decode().splitlines()[2]
