@@ -296,7 +296,7 @@ async def test_slots_leave_room_for_calls_that_reach_the_api_late(
         assert answer == 1
         slots.append(slot)
     assert most_in_window(slots, 1 + jitter) <= rate + burst
-    # The guard costs the steady rate only where burst < 1 + jitter * rate.
+    # The guard costs the steady rate only where burst < jitter * rate.
     steady = min(rate, (rate + burst) / (1 + jitter))
     spread = (max(slots) - min(slots)) / 1e6
     assert (len(slots) - burst) / spread >= 0.97 * steady

@@ -39,7 +39,7 @@ class RateLimit:
 
     No one-second window holds more than `rate + burst` slots, and neither does any window of
     one second plus `jitter`: a call that reaches the API up to `jitter` seconds after its slot
-    still keeps to the API's count. That costs nothing while `burst >= 1 + jitter * rate`;
+    still keeps to the API's count. That costs nothing while `burst >= jitter * rate`;
     below it, the steady rate is `(rate + burst) / (1 + jitter)` when that is less than `rate`.
 
     A lease is held from the slot until the call is over, and comes back by itself
