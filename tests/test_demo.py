@@ -7,6 +7,7 @@ import signal
 import subprocess
 import sys
 import time
+from contextlib import suppress
 from pathlib import Path
 
 import psutil
@@ -51,7 +52,11 @@ def test_ctrl_c_ends_the_demo_within_the_grace_and_without_a_traceback(tmp_path:
             stderr=stderr,
             cwd=tmp_path,
             start_new_session=True,
+            # As a terminal starts it: Ctrl-C at its default, even where this test runs with
+            # SIGINT ignored (a non-interactive shell's background job, as CI may start it).
+            preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL),
         )
+    children: list[psutil.Process] = []
     try:
         wait_until(lambda: b"enqueued" in out.read_bytes(), 60, "batch enqueued")
         children = psutil.Process(demo.pid).children(recursive=True)
@@ -62,7 +67,10 @@ def test_ctrl_c_ends_the_demo_within_the_grace_and_without_a_traceback(tmp_path:
         took = time.monotonic() - started
     finally:
         if demo.poll() is None:
-            os.killpg(demo.pid, signal.SIGKILL)
+            # Its children run in sessions of their own: a demo that hung must not leave them.
+            for process in [psutil.Process(demo.pid), *children]:
+                with suppress(psutil.NoSuchProcess):
+                    process.kill()
             demo.wait()
     assert "Traceback" not in err.read_text(), err.read_text()[-3000:]
     assert demo.returncode == 130, (demo.returncode, took)
