@@ -75,7 +75,7 @@ class WorkerConfig(ProducerConfig):
     rate_limit: NonNegativeFloat = 0
     rate_burst: PositiveInt = 1
     # How late after its slot a call may reach the API and still keep to the limit.
-    rate_jitter: NonNegativeFloat = 0.05
+    rate_jitter: NonNegativeFloat = 0.1
     max_in_flight: NonNegativeInt = 0
     rate_adaptive: bool = False
     # A job waits this long for its slot at most; past it, arq brings the job back later.

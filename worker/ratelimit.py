@@ -55,7 +55,7 @@ class RateLimit:
     lease_seconds: float = 30.0
     adaptive: bool = False
     recovery_seconds: float = 10.0
-    jitter: float = 0.05
+    jitter: float = 0.1
 
     def __post_init__(self) -> None:
         if self.rate < 0 or self.burst < 1 or self.max_in_flight < 0 or self.jitter < 0:
