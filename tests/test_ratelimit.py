@@ -39,6 +39,7 @@ class Recording(Limiter):
 
     async def _call(self, operation, *args):
         answer = await super()._call(operation, *args)
+        self.operations.append(operation)
         if operation == "acquire" and answer[0] == 1:
             self.slots[answer[3] or len(self.slots)] = answer[2]
         if operation == "take":
@@ -117,6 +118,7 @@ class Recording(Limiter):
     def __init__(self, redis: Redis, credential: str, limit: RateLimit) -> None:
         super().__init__(redis, credential, limit)
         self.slots: dict[object, int] = {}
+        self.operations: list[str] = []
 
     @property
     def granted(self) -> list[int]:
@@ -124,6 +126,7 @@ class Recording(Limiter):
 
     async def _call(self, operation: str, *args: str | int) -> Any:
         answer = await super()._call(operation, *args)
+        self.operations.append(operation)
         if operation == "acquire" and answer[0] == 1:
             self.slots[answer[3] or len(self.slots)] = answer[2]
         if operation == "take":
@@ -276,9 +279,9 @@ async def test_a_killed_holders_lease_comes_back_after_the_lease_time(
         async with limiter.slot(max_wait=0):
             pass
     assert 0 < refused.value.retry_in <= 1.0
-    async with limiter.slot(max_wait=5) as waited:
+    async with limiter.slot(max_wait=5) as slot:
         assert time.monotonic() - held_at >= 0.8
-    assert waited <= 3
+    assert slot.waited <= 3
 
 
 @pytest.mark.parametrize(("rate", "burst"), [(50, 5), (20, 2), (50, 1)])
@@ -324,12 +327,39 @@ async def test_a_sleeper_that_woke_late_calls_now_only_where_a_window_has_room(
     assert await redis.zscore(slots_key, early_id) is None
 
 
+async def test_a_caller_stalled_after_its_slot_takes_it_again_before_calling(
+    redis: Redis,
+) -> None:
+    limiter = Recording(redis, CREDENTIAL, RateLimit(rate=RATE, burst=BURST, jitter=JITTER))
+    async with limiter.slot(max_wait=5) as slot:
+        given = limiter.granted[-1]
+        # On time, the last check costs no round trip and keeps the slot.
+        await slot.ready()
+        assert (limiter.operations, limiter.granted) == (["acquire"], [given])
+        # The whole process stalls (as a starved worker does between its slot and its call)
+        # for longer than the schedule leaves room for: the slot is not sent late, it is
+        # moved to when the caller is ready, on Redis's clock.
+        time.sleep(JITTER)  # noqa: ASYNC251 - the stall itself
+        before = await redis_micros(redis)
+        await slot.ready()
+        after = await redis_micros(redis)
+    assert limiter.operations == ["acquire", "take"]
+    (moved,) = limiter.granted
+    assert moved >= given + JITTER * 1e6
+    assert before <= moved <= after
+
+
+async def redis_micros(redis: Redis) -> int:
+    seconds, micros = await redis.time()
+    return seconds * 1_000_000 + micros
+
+
 async def test_a_pause_holds_every_slot_until_it_ends(redis: Redis) -> None:
     limiter = Limiter(redis, CREDENTIAL, RateLimit(rate=100, burst=5))
     await limiter.pause(1.0)
-    async with limiter.slot(max_wait=5) as waited:
+    async with limiter.slot(max_wait=5) as slot:
         pass
-    assert 0.9 <= waited <= 2.5
+    assert 0.9 <= slot.waited <= 2.5
 
 
 async def test_a_shorter_pause_does_not_shorten_a_longer_one(redis: Redis) -> None:
@@ -378,9 +408,9 @@ async def test_a_wait_beyond_max_wait_raises_and_reserves_nothing(redis: Redis) 
     assert 0.3 <= refused.value.retry_in <= 0.5
     assert await redis.zcard(LEASES) == 0
     # The next slot is the one refused, 0.5 s after the first, not the one after it.
-    async with limiter.slot(max_wait=5) as waited:
+    async with limiter.slot(max_wait=5) as slot:
         pass
-    assert waited < 0.75
+    assert slot.waited < 0.75
 
 
 async def test_a_full_cap_for_longer_than_max_wait_raises_and_holds_nothing(
@@ -402,8 +432,8 @@ async def test_rate_zero_is_unlimited(redis: Redis) -> None:
     waits: list[float] = []
 
     async def call() -> None:
-        async with limiter.slot(max_wait=0) as waited:
-            waits.append(waited)
+        async with limiter.slot(max_wait=0) as slot:
+            waits.append(slot.waited)
 
     await asyncio.gather(*(call() for _ in range(200)))
     # Every one of them at once: no slot, no wait, not one refused under max_wait=0.

@@ -88,28 +88,26 @@ class Limiter:
             _micros(limit.jitter),
         ]
         self._script = redis.register_script(lua("paylinks.worker", "ratelimit"))
-        # How late a sleeper may wake and still take its slot: one slot's spacing, and at most
-        # half the jitter the schedule leaves room for; the other half is for the round trips
-        # and the call that follow the wake-up.
-        self._lateness = (
-            max(min(1 / limit.rate, limit.jitter / 2), _SHORTEST_BLOCK)
-            if limit.rate
-            else float("inf")
-        )
+        # How late a caller may be for its slot at its last check and still call: half the
+        # jitter the schedule leaves room for; the other half is for the call's way to the API.
+        self.lateness = max(limit.jitter / 2, _SHORTEST_BLOCK) if limit.rate else float("inf")
 
     @asynccontextmanager
-    async def slot(self, max_wait: float) -> AsyncIterator[float]:
-        """Wait for the pause, a rate slot and a lease; yield the seconds spent waiting for
-        them (not counting the round trips to Redis).
+    async def slot(self, max_wait: float) -> AsyncIterator[Slot]:
+        """Wait for the pause, a rate slot and a lease, and hold them.
 
         Raises RateLimited, holding nothing, when that would take longer than `max_wait`.
+        A caller that awaits anything between the slot and its call says `await slot.ready()`
+        right before the call.
         """
         lease = uuid.uuid4().hex if self.limit.max_in_flight else ""
         try:
-            yield await self._take(lease, time.monotonic() + max_wait)
+            slot = Slot(self, lease, time.monotonic() + max_wait)
+            await slot.ready()
+            yield slot
         finally:
             if self.limit.max_in_flight:
-                # Also after a failed `_take`: a cancellation can lose the answer of a script
+                # Also after a failed `ready`: a cancellation can lose the answer of a script
                 # that took the lease. Shielded, so a second cancellation cannot leak it.
                 await asyncio.shield(self._call("release", lease))
 
@@ -132,12 +130,53 @@ class Limiter:
         lowered: str | None = await self.redis.hget(self._keys.adaptive, AdaptiveField.RATE)  # type: ignore[misc]
         return min(self.limit.rate, float(lowered)) if lowered else self.limit.rate
 
-    async def _take(self, lease: str, deadline: float) -> float:
-        waited = 0.0
+    async def _call(self, operation: str, *args: str | int) -> Any:
+        return await self._script(keys=self._keys, args=[operation, *self._config, *args])
+
+
+class Slot:
+    """One caller's rate slot and lease, from the wait for them to the call they allow."""
+
+    def __init__(self, limiter: Limiter, lease: str, deadline: float) -> None:
+        self.limiter = limiter
+        self.lease = lease
+        self.deadline = deadline
+        # Seconds spent waiting for the pause, the slot and the lease (not the round trips).
+        self.waited = 0.0
+        self._due: float | None = None
+        self._at = 0
+        self._id = ""
+
+    async def ready(self) -> None:
+        """Return once the call may go: on time for the slot held, or on a new one.
+
+        A process stalled since its slot (a starved CPU, a slow round trip) must not send it
+        with the next ones: a late slot is moved to now if every window that holds now has
+        room for it, and given up if not (never given twice); a later one is then reserved.
+        Raises RateLimited when that one is further than the deadline.
+        """
+        limiter = self.limiter
         while True:
-            remaining = deadline - time.monotonic()
-            answer, micros, slot, *reserved = await self._call(
-                "acquire", lease, _micros(max(remaining, 0))
+            if self._due is not None:
+                asked = time.monotonic()
+                if asked - self._due <= limiter.lateness:
+                    return
+                taken, _ = await limiter._call("take", self._id, self._at)
+                if taken:
+                    # Checked again: the stall may have come during this round trip.
+                    self._due = asked
+                    continue
+            slept = await self._reserve()
+            if slept and await self._voided():
+                self._due = None
+
+    async def _reserve(self) -> bool:
+        """Reserve the next slot (and a lease) and sleep until it; say whether it slept."""
+        limiter = self.limiter
+        while True:
+            remaining = self.deadline - time.monotonic()
+            answer, micros, at, *reserved = await limiter._call(
+                "acquire", self.lease, _micros(max(remaining, 0))
             )
             wait: float = micros / 1_000_000
             if answer == _TOO_LONG or (answer == _ALL_LEASED and remaining <= 0):
@@ -145,30 +184,22 @@ class Limiter:
             if answer == _ALL_LEASED:
                 timeout = max(_SHORTEST_BLOCK, min(remaining, wait, _LEASE_POLL))
                 blocked = time.monotonic()
-                await self.redis.blpop([self._keys.wake], timeout)  # type: ignore[misc, arg-type]  # Redis 6+ takes a fraction
-                waited += time.monotonic() - blocked
+                await limiter.redis.blpop([limiter._keys.wake], timeout)  # type: ignore[misc, arg-type]  # Redis 6+ takes a fraction
+                self.waited += time.monotonic() - blocked
                 continue
+            self._at, self._id = at, reserved[0] if reserved else ""
+            self._due = time.monotonic() + wait
             if not micros:
-                return waited
-            due = time.monotonic() + wait
+                return False
             await asyncio.sleep(wait)
-            waited += wait
-            # A 429 during our sleep voids the slot: taking it would break the pause, and every
-            # sleeper taking it at the pause's end would be a burst. A stalled process that wakes
-            # late must not send its slot with the next ones either: the script moves the slot
-            # to now if every window that holds now has room for it, and gives it up if not.
-            # A slot given up is lost, never given twice; a later one is reserved.
-            if time.monotonic() - due > self._lateness:
-                taken, _ = await self._call("take", reserved[0], slot)
-                if taken:
-                    return waited
-                continue
-            paused_until: str | None = await self.redis.get(self._keys.pause)
-            if paused_until is None or int(paused_until) <= slot:
-                return waited
+            self.waited += wait
+            return True
 
-    async def _call(self, operation: str, *args: str | int) -> Any:
-        return await self._script(keys=self._keys, args=[operation, *self._config, *args])
+    async def _voided(self) -> bool:
+        """A 429 during the sleep voids the slot: taking it would break the pause, and every
+        sleeper taking it at the pause's end would be a burst."""
+        paused_until: str | None = await self.limiter.redis.get(self.limiter._keys.pause)
+        return paused_until is not None and int(paused_until) > self._at
 
 
 def _micros(seconds: float) -> int:

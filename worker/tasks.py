@@ -104,13 +104,16 @@ async def _create(deps: Deps, key: str) -> str:
             settled = await _look_before_posting(deps, record, log, since)
             if settled is not None:
                 return settled
-        async with deps.limiter.slot(max_wait=deps.config.rate_max_wait) as waited:
+        async with deps.limiter.slot(max_wait=deps.config.rate_max_wait) as slot:
             # Marked in flight, with the time of the call, before the call: if this worker
             # dies now, the next run of the job knows the session may exist.
             number = await deps.outcomes.move(
                 record, State.IN_PROGRESS, {RecordField.SENT_AT: now_ms()}, new_attempt=True
             )
             attempt = Attempt(deps, record, log.bind(attempt=number), number, time.monotonic())
+            # A stall during the move must not send the slot late, with the next ones. A slot
+            # lost here defers the job with the record in flight: its next run looks first.
+            await slot.ready()
             answer = await _call(deps, record)
     except RateLimited as e:
         # No slot soon enough: not an attempt, the record keeps its state, and the job
@@ -121,8 +124,8 @@ async def _create(deps: Deps, key: str) -> str:
     outcome = await _decide(attempt, answer)
     # Bookkeeping after the outcome is safe: losing it must never cost a second call.
     try:
-        if waited:
-            await _waited(attempt, waited)
+        if slot.waited:
+            await _waited(attempt, slot.waited)
         if isinstance(answer, ApiAnswer) and answer.ok:
             await deps.limiter.succeeded()
     except RedisError as e:
