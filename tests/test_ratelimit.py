@@ -39,7 +39,6 @@ class Recording(Limiter):
 
     async def _call(self, operation, *args):
         answer = await super()._call(operation, *args)
-        self.operations.append(operation)
         if operation == "acquire" and answer[0] == 1:
             self.slots[answer[3] or len(self.slots)] = answer[2]
         if operation == "take":
@@ -325,6 +324,10 @@ async def test_a_sleeper_that_woke_late_calls_now_only_where_a_window_has_room(
     taken, _ = await limiter._call("take", early_id, early)
     assert taken == 0
     assert await redis.zscore(slots_key, early_id) is None
+    # Given back, not lost: the next slot reserved is the one given up.
+    answer, _, following, following_id = await limiter._call("acquire", "", 10_000_000)
+    assert (answer, following) == (1, early)
+    assert following_id not in {r[3] for r in reserved}
 
 
 async def test_a_caller_stalled_after_its_slot_takes_it_again_before_calling(

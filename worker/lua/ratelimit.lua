@@ -10,7 +10,9 @@
 --                                   {2, µs until the first lease expires, 0}: every lease is held
 --   take slot-id slot-µs         -> {1, now µs}: a sleeper that woke late may call now, and its
 --                                   slot is moved to now; {0, 0}: it may not (a 429 came, or no
---                                   window that holds now has room), and its slot is given up
+--                                   window that holds now has room), and its slot is given up,
+--                                   back to the schedule: the next slot reserved comes one
+--                                   interval sooner, so a busy host's late wake-ups cost no rate
 --   release lease-id             -> 1 if the lease was held
 --   pause µs                     -> 1 if the rate was lowered (adaptive mode)
 --   recover                      -> 1 if the rate was raised (adaptive mode)
@@ -90,17 +92,19 @@ if op == 'acquire' then
     tat = math.max(tat, slot) + interval
   end
   if slot - t > max_wait then return {0, slot - t, 0} end
+  local id = ''
   if tat then
     redis.call('SET', tat_key, int(tat), 'PX', ms(tat - t))
-    -- tat grows with every slot given, so it names this slot uniquely.
-    redis.call('ZADD', slots_key, int(slot), int(tat))
+    -- A slot given back makes tat repeat itself; with the time it was given, never.
+    id = int(tat) .. '@' .. int(t)
+    redis.call('ZADD', slots_key, int(slot), id)
     redis.call('PEXPIRE', slots_key, ms(slot - t + 1000000 + jitter_us))
   end
   if cap > 0 then
     redis.call('ZADD', leases_key, int(slot + lease_us), lease)
     keep(leases_key, slot + lease_us - t)
   end
-  return {1, slot - t, slot, tat and int(tat) or ''}
+  return {1, slot - t, slot, id}
 end
 
 if op == 'take' then
@@ -128,7 +132,16 @@ if op == 'take' then
     if times[lo] > t then break end
     if times[lo] >= t - window then
       while hi <= #times and times[hi] <= times[lo] + window do hi = hi + 1 end
-      if hi - lo > ceiling then return {0, 0} end
+      if hi - lo > ceiling then
+        -- Given back: the schedule is one interval shorter (never reaching back before now,
+        -- which would open a burst); the edge guard still counts every slot given.
+        local tat = tonumber(redis.call('GET', tat_key) or 0)
+        if tat > t then
+          tat = math.max(t, tat - 1000000 / current_rate())
+          redis.call('SET', tat_key, int(tat), 'PX', ms(tat - t))
+        end
+        return {0, 0}
+      end
     end
   end
   redis.call('ZADD', slots_key, int(t), id)
