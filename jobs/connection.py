@@ -11,8 +11,12 @@ from arq.connections import ArqRedis
 from pydantic import RedisDsn
 from redis.asyncio import Redis
 from redis.asyncio.retry import Retry
-from redis.asyncio.sentinel import Sentinel
-from redis.backoff import ExponentialBackoff
+from redis.asyncio.sentinel import (
+    Sentinel,
+    SentinelManagedConnection,
+    SentinelManagedSSLConnection,
+)
+from redis.backoff import ExponentialBackoff, NoBackoff
 from redis.connection import parse_url
 from redis.exceptions import AuthenticationError, ConnectionError, RedisError, TimeoutError
 
@@ -41,6 +45,23 @@ def restart_retry() -> Retry:
     return Retry(ExponentialBackoff(cap=2, base=0.05), retries=20)
 
 
+class _SentinelConnection(SentinelManagedConnection):
+    """Tries the address the sentinels gave once: redis-py would retry that address for as
+    long as its retries last (half a minute) before asking them again, while a failover
+    names another within seconds. The retries are spent asking the sentinels again."""
+
+    async def connect_to(self, address: tuple[str, int]) -> None:
+        retry, self.retry = self.retry, Retry(NoBackoff(), 0)
+        try:
+            await super().connect_to(address)  # type: ignore[no-untyped-call]
+        finally:
+            self.retry = retry
+
+
+class _SentinelSSLConnection(_SentinelConnection, SentinelManagedSSLConnection):
+    pass
+
+
 def settings_for(target: RedisConfig | str) -> RedisConfig:
     """The settings, or a bare URL's: no TLS files, no sentinels, no replicas to wait for."""
     if isinstance(target, RedisConfig):
@@ -50,47 +71,47 @@ def settings_for(target: RedisConfig | str) -> RedisConfig:
 
 def connect(target: RedisConfig | str) -> Redis:
     """A client for paylinks' own keys: strings in and out."""
-    client: Redis = _open(settings_for(target), Redis, Sentinel, decode_responses=True)
+    client: Redis = _open(settings_for(target), Redis, decode_responses=True)
     return client
 
 
 def arq_pool(config: RedisConfig) -> ArqRedis:
     """arq's own client (bytes, as arq reads them), reaching Redis the same way."""
-    pool: ArqRedis = _open(config, ArqRedis, Sentinel)
+    pool: ArqRedis = _open(config, ArqRedis)
     pool.default_queue_name = layout.QUEUE
     pool.job_serializer = queue.serialize
     pool.job_deserializer = queue.deserialize
     return pool
 
 
-def _open(
-    config: RedisConfig,
-    client: type[Any],
-    sentinel: type[Any],
-    *,
-    retrying: bool = True,
-    **options: Any,
-) -> Any:
+def _open(config: RedisConfig, client: type[Any], **options: Any) -> Any:
+    """An asyncio client of class `client`, or a blocking one (a `redis.Redis`, which only
+    probes, and so does not retry)."""
+    blocking = issubclass(client, redis.Redis)
     options["health_check_interval"] = 10
-    if retrying:
+    if not blocking:
         options |= {"retry": restart_retry(), "retry_on_error": RETRY_ON_ERROR}
     url = str(config.redis_url)
     if not config.redis_sentinels:
         return client.from_url(url, **_tls(config), **options)
     # The URL gives the user, password, database and TLS; the sentinels give the address.
-    server = {
+    options |= {
         name: value
         for name, value in parse_url(url).items()  # type: ignore[no-untyped-call]
         if name not in ("host", "port", "connection_class")
     }
-    manager = sentinel(
+    manager = (redis.sentinel.Sentinel if blocking else Sentinel)(
         config.redis_sentinels,
         sentinel_kwargs=_sentinel_options(config),
-        **server,
         **_tls(config),
         **options,
     )
-    return manager.master_for(config.redis_sentinel_master, redis_class=client)
+    if blocking:
+        return manager.master_for(config.redis_sentinel_master, redis_class=client)
+    connection = _SentinelSSLConnection if _tls(config) else _SentinelConnection
+    return manager.master_for(
+        config.redis_sentinel_master, redis_class=client, connection_class=connection
+    )
 
 
 def _tls(config: RedisConfig) -> dict[str, Any]:
@@ -141,13 +162,7 @@ def check_reachable(target: RedisConfig | str) -> None:
     """
     config = settings_for(target)
     probe: redis.Redis = _open(
-        config,
-        redis.Redis,
-        redis.sentinel.Sentinel,
-        # Once: the probe says how things stand now.
-        retrying=False,
-        socket_connect_timeout=REACH_TIMEOUT,
-        socket_timeout=REACH_TIMEOUT,
+        config, redis.Redis, socket_connect_timeout=REACH_TIMEOUT, socket_timeout=REACH_TIMEOUT
     )
     try:
         probe.ping()
