@@ -21,6 +21,7 @@ from typing import Any
 from bench.data import requests, write_jsonl
 from bench.intake import Run, emptied, measured
 from bench.services import Services
+from bench.throughput import quiet_logs
 from paylinks.devtools.redis_server import RedisServer
 from paylinks.jobs.config import ProducerConfig
 from paylinks.jobs.connection import connect
@@ -49,12 +50,13 @@ async def small_batches(services: Services, count: int) -> dict[int, float]:
     }
     times: dict[int, list[float]] = {0: [], 1: []}
     try:
-        for i in range(count):
-            for n, producer in producers.items():
-                batch = list(requests(SMALL, prefix=f"S{n}-{i}"))
-                started = time.perf_counter()
-                await producer.enqueue(batch)
-                times[n].append((time.perf_counter() - started) * 1000)
+        with quiet_logs():
+            for i in range(count):
+                for n, producer in producers.items():
+                    batch = list(requests(SMALL, prefix=f"S{n}-{i}"))
+                    started = time.perf_counter()
+                    await producer.enqueue(batch)
+                    times[n].append((time.perf_counter() - started) * 1000)
     finally:
         for producer in producers.values():
             await producer.close()
