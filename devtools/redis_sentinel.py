@@ -19,7 +19,14 @@ class SentinelServer(RedisServer):
     """One sentinel watching `master`; it rewrites its own configuration file as it learns."""
 
     def __init__(
-        self, master: str, primary_port: int, *, quorum: int, down_after_ms: int, password: str
+        self,
+        master: str,
+        primary_port: int,
+        *,
+        quorum: int,
+        down_after_ms: int,
+        password: str,
+        own_password: str,
     ) -> None:
         super().__init__()
         self.settings = [
@@ -35,6 +42,12 @@ class SentinelServer(RedisServer):
         ]
         if password:
             self.settings.append(f"sentinel auth-pass {master} {password}")
+        if own_password:
+            # Asked of clients, and given to the other sentinels.
+            self.settings += [
+                f"requirepass {own_password}",
+                f"sentinel sentinel-pass {own_password}",
+            ]
 
     def command(self) -> list[str]:
         conf = self.folder / "sentinel.conf"
@@ -44,7 +57,8 @@ class SentinelServer(RedisServer):
 
 class SentinelGroup:
     """A primary, `replicas` replicas and `sentinels` sentinels, every one a real process on a
-    free loopback port. With `password`, the servers require it (and use it between them)."""
+    free loopback port. With `password`, the servers require it (and use it between them);
+    with `sentinel_password`, the sentinels require theirs."""
 
     def __init__(
         self,
@@ -54,9 +68,11 @@ class SentinelGroup:
         sentinels: int = 3,
         down_after_ms: int = 1000,
         password: str = "",
+        sentinel_password: str = "",
     ) -> None:
         self.master = master
         self.password = password
+        self.sentinel_password = sentinel_password
         auth = ["--requirepass", password, "--masterauth", password] if password else []
         self.primary = RedisServer(options=auth)
         self.replicas = [
@@ -70,6 +86,7 @@ class SentinelGroup:
                 quorum=sentinels // 2 + 1,
                 down_after_ms=down_after_ms,
                 password=password,
+                own_password=sentinel_password,
             )
             for _ in range(sentinels)
         ]
@@ -132,7 +149,7 @@ class SentinelGroup:
 
     def _known_to_all(self) -> bool:
         for sentinel in self.sentinels:
-            with self._client(sentinel.port) as client:
+            with self._client(sentinel.port, self.sentinel_password) as client:
                 state = client.sentinel_master(self.master)
             known_replicas = int(state["num-slaves"])
             others = int(state["num-other-sentinels"])
@@ -142,7 +159,7 @@ class SentinelGroup:
 
     def _named_by(self, sentinel: SentinelServer) -> int | None:
         try:
-            with self._client(sentinel.port) as client:
+            with self._client(sentinel.port, self.sentinel_password) as client:
                 named = client.sentinel_get_master_addr_by_name(self.master)
         except RedisError:
             return None

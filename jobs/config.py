@@ -9,6 +9,7 @@ from pydantic import (
     PositiveFloat,
     PositiveInt,
     RedisDsn,
+    SecretStr,
     field_validator,
     model_validator,
 )
@@ -56,6 +57,8 @@ class RedisConfig(BaseSettings):
     # Redis Sentinel: host:port of each sentinel, comma-separated; they name the primary.
     redis_sentinels: Annotated[list[tuple[str, int]] | None, NoDecode] = None
     redis_sentinel_master: str = "mymaster"
+    # The sentinels' own password (their requirepass), when they have one.
+    redis_sentinel_password: SecretStr | None = None
     # An enqueue is acknowledged once this many replicas hold it (WAIT), so that a failover
     # to one of them keeps it; 0 acknowledges what the primary alone holds.
     redis_min_replicas: NonNegativeInt = 0

@@ -128,12 +128,14 @@ def _tls(config: RedisConfig) -> dict[str, Any]:
 
 
 def _sentinel_options(config: RedisConfig) -> dict[str, Any]:
-    # Sentinels speak TLS when the servers do; they hold no data and need no password here.
-    return {
+    # Sentinels speak TLS when the servers do; their password is their own.
+    options: dict[str, Any] = {
         "socket_connect_timeout": REACH_TIMEOUT,
         "socket_timeout": REACH_TIMEOUT,
-        **_tls(config),
     }
+    if config.redis_sentinel_password is not None:
+        options["password"] = config.redis_sentinel_password.get_secret_value()
+    return options | _tls(config)
 
 
 def address(target: RedisConfig | str) -> str:

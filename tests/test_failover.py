@@ -33,6 +33,7 @@ from tests.test_faults import (
 )
 
 PASSWORD = "group-Pa55word"
+SENTINEL_PASSWORD = "sentinel-Pa55word"
 MASTER = "paylinks-primary"
 SMALL = 10
 
@@ -76,12 +77,14 @@ async def test_a_primary_killed_mid_batch_loses_no_acknowledged_request(
     sandbox: Sandbox, env: dict[str, str], tmp_path: Path
 ) -> None:
     total, concurrency = 300, 5
-    with SentinelGroup(master=MASTER, password=PASSWORD) as group:
+    group = SentinelGroup(master=MASTER, password=PASSWORD, sentinel_password=SENTINEL_PASSWORD)
+    with group:
         settings = {
             # With sentinels, the URL's host is not used: the sentinels name the primary.
             "REDIS_URL": f"redis://:{PASSWORD}@{MASTER}/0",
             "PAYLINKS_REDIS_SENTINELS": group.sentinel_addresses,
             "PAYLINKS_REDIS_SENTINEL_MASTER": MASTER,
+            "PAYLINKS_REDIS_SENTINEL_PASSWORD": SENTINEL_PASSWORD,
             "PAYLINKS_REDIS_MIN_REPLICAS": "1",
             "PAYLINKS_REDIS_REPLICAS_TIMEOUT": "1",
         }
@@ -91,8 +94,16 @@ async def test_a_primary_killed_mid_batch_loses_no_acknowledged_request(
                 REDIS_URL=settings["REDIS_URL"],
                 redis_sentinels=group.sentinel_addresses,
                 redis_sentinel_master=MASTER,
+                redis_sentinel_password=SENTINEL_PASSWORD,
             )
         )
+        wrong = {**renv, "PAYLINKS_REDIS_SENTINEL_PASSWORD": "Wrong-sentinel-Pa55word"}
+        refused = paylinks("batches", env=wrong, timeout=60)
+        assert refused.returncode == 2, refused.stderr
+        line = refused.stderr.decode()
+        assert line.count("\n") == 1, line
+        assert line.startswith(f"paylinks: cannot reach Redis at primary {MASTER!r} via sentinels")
+        assert "Wrong-sentinel-Pa55word" not in line
         await sandbox.faults(latency_ms=100)
         report = enqueue(write(tmp_path / "big.jsonl", unique_requests(total, "FAILOVER")), renv)
         assert report["enqueued"] == total
@@ -146,5 +157,10 @@ async def test_a_primary_killed_mid_batch_loses_no_acknowledged_request(
             assert refusal.startswith(refusals), refusal
             assert "\n" not in refusal
             assert PASSWORD not in refusal
+            assert SENTINEL_PASSWORD not in refusal
         stats = await sandbox.stats()
         assert stats["duplicate_tokens"] == 0
+        for log in logs:
+            text = log.read_text()
+            assert PASSWORD not in text
+            assert SENTINEL_PASSWORD not in text

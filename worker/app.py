@@ -154,7 +154,12 @@ def secrets(config: WorkerConfig, conomy: ConomyConfig) -> list[str]:
     if config.redis_url.password:
         # As written in the URL, and as sent to Redis.
         values += {config.redis_url.password, unquote(config.redis_url.password)}
-    for secret in (conomy.access_token, conomy.client_secret, config.webhook_secret):
+    for secret in (
+        conomy.access_token,
+        conomy.client_secret,
+        config.webhook_secret,
+        config.redis_sentinel_password,
+    ):
         if secret is not None:
             values.append(secret.get_secret_value())
     return values
