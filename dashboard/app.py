@@ -71,7 +71,7 @@ def serve(config: DashboardConfig, host: str, port: int, *, read_only: bool) -> 
             file=sys.stderr,
         )
         return EXIT_CONFIG
-    app = build(connect(str(config.redis_url)), config, read_only=read_only)
+    app = build(connect(config), config, read_only=read_only)
     print(f"paylinks dashboard on http://{host}:{port}/", file=sys.stderr, flush=True)
     web.run_app(app, host=host, port=port, print=None, access_log=None)
     return 0

@@ -7,6 +7,7 @@ import socket
 import subprocess
 import tempfile
 import time
+from collections.abc import Sequence
 from pathlib import Path
 from types import TracebackType
 
@@ -31,11 +32,15 @@ class RedisServer:
     """A real redis-server process that can be stopped, killed and started again on its port.
 
     With `appendonly` it runs as production should (append-only file, fsync every second),
-    so a restart keeps what was written.
+    so a restart keeps what was written. `options` are more of redis-server's own (a
+    password, TLS, `--replicaof`); it is ready when its plain port answers, even NOAUTH.
     """
 
-    def __init__(self, *, appendonly: bool = False, port: int | None = None) -> None:
+    def __init__(
+        self, *, appendonly: bool = False, port: int | None = None, options: Sequence[str] = ()
+    ) -> None:
         self.appendonly = appendonly
+        self.options = list(options)
         self.port = port or free_port()
         self.folder = Path(tempfile.mkdtemp(prefix="paylinks-redis-"))
         self.process: subprocess.Popen[bytes] | None = None
@@ -45,7 +50,19 @@ class RedisServer:
         return f"redis://127.0.0.1:{self.port}/0"
 
     def start(self) -> RedisServer:
-        command = [
+        # Its own session: a Ctrl-C meant for the program that started it must not stop it
+        # before that program stopped what needs it.
+        self.process = subprocess.Popen(
+            self.command(),
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+            start_new_session=True,
+        )
+        self._wait_until_ready()
+        return self
+
+    def command(self) -> list[str]:
+        return [
             redis_server_binary(),
             "--port", str(self.port),
             "--bind", "127.0.0.1",
@@ -53,14 +70,8 @@ class RedisServer:
             "--save", "",
             "--appendonly", "yes" if self.appendonly else "no",
             "--appendfsync", "everysec",
+            *self.options,
         ]  # fmt: skip
-        # Its own session: a Ctrl-C meant for the program that started it must not stop it
-        # before that program stopped what needs it.
-        self.process = subprocess.Popen(
-            command, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True
-        )
-        self._wait_until_ready()
-        return self
 
     def _wait_until_ready(self, timeout: float = 10) -> None:
         deadline = time.monotonic() + timeout
@@ -71,7 +82,7 @@ class RedisServer:
             try:
                 with socket.create_connection(("127.0.0.1", self.port), timeout=0.5) as s:
                     s.sendall(b"PING\r\n")
-                    if s.recv(64).startswith(b"+PONG"):
+                    if s.recv(64).startswith((b"+PONG", b"-NOAUTH")):
                         return
             except OSError:
                 pass

@@ -21,6 +21,8 @@ BATCHES = f"{PREFIX}:batches"
 COMPLETED_BATCHES = f"{PREFIX}:batches:completed"
 # Requests that failed for good: idempotency keys scored by when they failed (ms).
 DEAD_LETTERS = f"{PREFIX}:dead-letters"
+# When a producer last waited for replicas (ms): the write that its WAIT counts from.
+REPLICATED = f"{PREFIX}:replicated"
 
 
 _NAMESPACE_BYTES = IDEMPOTENCY_NAMESPACE.bytes

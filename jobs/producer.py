@@ -22,6 +22,7 @@ from paylinks.jobs.layout import RecordField, State
 from paylinks.jobs.logs import get_logger
 from paylinks.jobs.models import CheckoutRequest
 from paylinks.jobs.records import iter_records
+from paylinks.jobs.replication import replicated
 from paylinks.jobs.scripts import lua
 
 PIPELINE_SIZE = 500
@@ -96,7 +97,7 @@ class Producer:
     def connect(cls, config: ProducerConfig | None = None) -> Producer:
         """A producer on the Redis that REDIS_URL names (or `config` gives)."""
         config = config or ProducerConfig()
-        return cls(connect(str(config.redis_url)), config)
+        return cls(connect(config), config)
 
     async def close(self) -> None:
         await self.redis.aclose()
@@ -159,6 +160,7 @@ class Producer:
             # Even when reading the input failed half way: what was enqueued is the batch,
             # and it must be able to complete.
             await self.batches.seal(report.batch)
+        await replicated(self.redis, self.config)
         get_logger().info(
             "batch.enqueued",
             batch=report.batch if report.opened else None,

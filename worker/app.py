@@ -7,20 +7,20 @@ import socket
 import sys
 import time
 from typing import Any
+from urllib.parse import unquote
 
 from arq import func
-from arq.connections import RedisSettings
 from arq.worker import run_worker
 from redis.exceptions import RedisError
 
 from paylinks.jobs import layout, queue
 from paylinks.jobs.connection import (
-    RETRY_ON_ERROR,
+    RedisCredentialsRejectedError,
     RedisUnreachableError,
-    address,
+    arq_pool,
     check_reachable,
     connect,
-    restart_retry,
+    where,
 )
 from paylinks.jobs.logs import configure, get_logger
 from paylinks.worker.auth import (
@@ -43,7 +43,7 @@ from paylinks.worker.webhooks import notify_batch_completed
 async def startup(ctx: dict[str, Any]) -> None:
     config: WorkerConfig = ctx["config"]
     conomy: ConomyConfig = ctx["conomy"]
-    redis = connect(str(config.redis_url))
+    redis = connect(config)
     http = open_http(config)
     tokens = access_tokens(conomy, redis, http)
     client = ConomyClient(conomy, http, tokens)
@@ -107,14 +107,6 @@ ARQ_MAX_RUNS = 1_000_000
 RESTART_DELAY = 1.0
 
 
-def redis_settings(url: str) -> RedisSettings:
-    """arq's connection, retrying through a Redis restart like our own client does."""
-    settings = RedisSettings.from_dsn(url)
-    settings.retry_on_error = RETRY_ON_ERROR
-    settings.retry = restart_retry()
-    return settings
-
-
 def worker_settings(
     config: WorkerConfig, conomy: ConomyConfig, health: HealthConfig | None = None
 ) -> dict[str, Any]:
@@ -126,7 +118,8 @@ def worker_settings(
     return {
         **FIXED,
         "ctx": {"config": config, "conomy": conomy, "health": health, "health_key": health_key},
-        "redis_settings": redis_settings(str(config.redis_url)),
+        # arq's own client, made where ours is: the same user, TLS, sentinels and retries.
+        "redis_pool": arq_pool(config),
         "max_jobs": config.concurrency,
         "job_timeout": config.job_timeout,
         # arq counts every run (a deferral for a slot, a Redis hiccup, a restart after
@@ -158,7 +151,15 @@ def __getattr__(name: str) -> Any:
 def secrets(config: WorkerConfig, conomy: ConomyConfig) -> list[str]:
     """Values the log must never show."""
     values = [conomy.api_key.get_secret_value()]
-    for secret in (conomy.access_token, conomy.client_secret, config.webhook_secret):
+    if config.redis_url.password:
+        # As written in the URL, and as sent to Redis.
+        values += {config.redis_url.password, unquote(config.redis_url.password)}
+    for secret in (
+        conomy.access_token,
+        conomy.client_secret,
+        config.webhook_secret,
+        config.redis_sentinel_password,
+    ):
         if secret is not None:
             values.append(secret.get_secret_value())
     return values
@@ -168,12 +169,12 @@ def run(config: WorkerConfig, conomy: ConomyConfig, *, burst: bool = False) -> N
     """Run a worker; a burst worker whose Redis is not there or stays away raises
     RedisUnreachableError, a long-running one waits for it."""
     configure(config.log_level, secrets(config, conomy))
-    url = str(config.redis_url)
-    waiting_for = f"redis at {address(url)} (REDIS_URL)"
+    waiting_for = f"redis at {where(config)}"
     try:
-        check_reachable(url)
+        check_reachable(config)
     except RedisUnreachableError as e:
-        if burst:
+        # Credentials Redis refuses stay refused: waiting for them would hide the mistake.
+        if burst or isinstance(e, RedisCredentialsRejectedError):
             raise
         get_logger().warning("worker.waiting", reason=str(e), waiting_for=waiting_for)
     while True:
@@ -189,7 +190,7 @@ def run(config: WorkerConfig, conomy: ConomyConfig, *, burst: bool = False) -> N
             # now; a new worker takes over where the queue stands.
             if burst:
                 raise RedisUnreachableError(
-                    f"lost Redis at {address(url)} (REDIS_URL): {type(e).__name__}"
+                    f"lost Redis at {where(config)}: {type(e).__name__}"
                 ) from None
             get_logger().warning(
                 "worker.restarted", reason=f"redis: {type(e).__name__}", waiting_for=waiting_for

@@ -29,9 +29,8 @@ async def check(config: WorkerConfig, conomy: ConomyConfig) -> None:
     """Print a line for each thing found working; raise CheckFailedError at the first that
     is not (an unreachable Redis raises RedisUnreachableError)."""
     print("settings ok")
-    url = str(config.redis_url)
-    check_reachable(url)
-    print(f"redis at {address(url)} ok")
+    check_reachable(config)
+    print(f"redis at {address(config)} ok")
     ctx: dict[str, Any] = {"config": config, "conomy": conomy}
     await startup(ctx)
     try:

@@ -28,6 +28,7 @@ from paylinks.jobs.intake import InputError, Numbered, read_csv, read_json_lines
 from paylinks.jobs.logs import configure
 from paylinks.jobs.producer import EnqueueReport, Producer, Rejection, new_batch_id
 from paylinks.jobs.records import RESULT_COLUMNS
+from paylinks.jobs.replication import NotReplicatedError
 from paylinks.worker.config import ConomyConfig, WorkerConfig, load, settings_help
 from paylinks.worker.health import HealthConfig
 from paylinks.worker.progress import watch
@@ -56,7 +57,7 @@ async def producer() -> AsyncIterator[Producer]:
     config = load(ProducerConfig)
     # Fails in seconds: the client's retries are for a Redis that restarts, not one that
     # was never there.
-    check_reachable(str(config.redis_url))
+    check_reachable(config)
     async with Producer.connect(config) as p:
         yield p
 
@@ -470,7 +471,7 @@ def main(argv: list[str] | None = None) -> None:
         code = args.run(args)
         # Written out here, where a reader that went away is caught, not at exit.
         sys.stdout.flush()
-    except (CannotStartError, RedisUnreachableError) as e:
+    except (CannotStartError, RedisUnreachableError, NotReplicatedError) as e:
         print(f"paylinks: {e}", file=sys.stderr)
         code = EXIT_CANNOT_START
     except BrokenPipeError:

@@ -127,5 +127,5 @@ def settings_help(*models: type[BaseSettings]) -> str:
                 value = f"default {str(field.default).lower()}"
             else:
                 value = f"default {field.default}"
-            lines.append(f"  {variable:<28} {value}")
+            lines.append(f"  {variable:<32} {value}")
     return "\n".join(lines)
