@@ -3,18 +3,25 @@ worker processes, the sandbox's control endpoints, and requests to enqueue."""
 
 from __future__ import annotations
 
+import asyncio
 import json
+import signal
 import subprocess
 import sys
-from collections.abc import Iterator
+import time
+from collections.abc import Callable, Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
 import aiohttp
+import pytest
+from redis.asyncio import Redis
 
 from paylinks.devtools.ports import free_port, wait_for_port
+from paylinks.jobs import layout
+from paylinks.jobs.batches import Batches
 
 ROOT = Path(__file__).resolve().parent.parent
 EXAMPLES = ROOT / "examples"
@@ -204,3 +211,106 @@ def dead_letters(env: dict[str, str], *args: str) -> list[dict[str, Any]]:
     done = paylinks("dead-letters", "list", "--json", *args, env=env)
     assert done.returncode == 0, done.stderr.decode()
     return [json.loads(line) for line in done.stdout.splitlines()]
+
+
+# Whole batches through faults: waiting on a batch's counters, stopping workers, the end state.
+
+
+async def batch_status(redis: Redis, batch: str) -> dict[str, Any] | None:
+    """The batch's counters, as `paylinks status BATCH --json` prints them."""
+    return await Batches(redis).status(batch)
+
+
+Status = dict[str, Any]
+
+
+@contextmanager
+def cleaned_up(workers: list[subprocess.Popen[bytes]]) -> Iterator[None]:
+    """Whatever happens in the test, no worker it started outlives it."""
+    try:
+        yield
+    finally:
+        for worker in workers:
+            if worker.poll() is None:
+                worker.kill()
+            worker.wait(10)
+
+
+def tail(log: Path, chars: int = 3000) -> str:
+    return log.read_text(errors="replace")[-chars:]
+
+
+async def wait_for(
+    redis: Redis,
+    batch: str,
+    reached: Callable[[Status], bool],
+    what: str,
+    within: float,
+    workers: Sequence[tuple[subprocess.Popen[bytes], Path]] = (),
+) -> Status:
+    """Poll the batch's counters until `reached`, at most `within` seconds.
+
+    A worker that exits while we wait fails the test at once, with the end of its log.
+    """
+    deadline = time.monotonic() + within
+    status: Status | None = None
+    while time.monotonic() < deadline:
+        status = await batch_status(redis, batch)
+        if status is not None and reached(status):
+            return status
+        for worker, log in workers:
+            if worker.poll() is not None:
+                pytest.fail(
+                    f"a worker exited ({worker.returncode}) while waiting for {what}; "
+                    f"batch status: {status}; its log ends with:\n{tail(log)}"
+                )
+        await asyncio.sleep(0.05)
+    pytest.fail(f"{what}: not reached in {within:.0f} s; batch status: {status}")
+
+
+def stop_gracefully(
+    workers: Sequence[tuple[subprocess.Popen[bytes], Path]], timeout: float
+) -> None:
+    """SIGTERM each worker; each must exit 0 within `timeout` seconds."""
+    for worker, _ in workers:
+        worker.send_signal(signal.SIGTERM)
+    for worker, log in workers:
+        try:
+            worker.wait(timeout)
+        except subprocess.TimeoutExpired:
+            pytest.fail(f"a worker did not exit within {timeout} s of SIGTERM:\n{tail(log)}")
+        assert worker.returncode == 0, tail(log)
+
+
+async def assert_no_dead_letters(redis: Redis, env: dict[str, str]) -> None:
+    listed = paylinks("dead-letters", "list", "--json", env=env)
+    assert listed.returncode == 0, listed.stderr.decode()
+    assert listed.stdout == b""
+    assert await redis.zcard(layout.DEAD_LETTERS) == 0
+
+
+def assert_all_created(status: Status | None, batch: str, total: int) -> None:
+    """The batch is done and every one of its requests was created."""
+    expected = {
+        "batch": batch,
+        "total": total,
+        "queued": 0,
+        "in_progress": 0,
+        "retrying": 0,
+        "created": total,
+        "failed": 0,
+        "done": True,
+    }
+    assert status is not None
+    assert {name: status.get(name) for name in expected} == expected, status
+
+
+def wait_for_exit(workers: Sequence[tuple[subprocess.Popen[bytes], Path]], timeout: float) -> None:
+    """Burst workers: each must exit 0 within `timeout` seconds."""
+    deadline = time.monotonic() + timeout
+    for worker, log in workers:
+        try:
+            worker.wait(max(deadline - time.monotonic(), 0.1))
+        except subprocess.TimeoutExpired:
+            pytest.fail(f"a burst worker still runs after {timeout} s:\n{tail(log)}")
+        assert worker.returncode == 0, tail(log)

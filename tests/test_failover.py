@@ -22,15 +22,20 @@ import pytest
 from paylinks.devtools.redis_sentinel import SentinelGroup
 from paylinks.jobs.config import RedisConfig
 from paylinks.jobs.connection import connect
-from tests.helpers import Sandbox, enqueue, paylinks, results, spawn_worker, unique_requests
-from tests.helpers import write_requests as write
-from tests.test_faults import (
+from tests.helpers import (
+    Sandbox,
     assert_all_created,
     assert_no_dead_letters,
     cleaned_up,
+    enqueue,
+    paylinks,
+    results,
+    spawn_worker,
     stop_gracefully,
+    unique_requests,
     wait_for,
 )
+from tests.helpers import write_requests as write
 
 PASSWORD = "group-Pa55word"
 SENTINEL_PASSWORD = "sentinel-Pa55word"

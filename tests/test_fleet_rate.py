@@ -24,7 +24,7 @@ from typing import Any
 import pytest
 from redis.asyncio import Redis
 
-from tests.helpers import Sandbox, log_events, paylinks, spawn_worker, unique_requests
+from tests.helpers import Sandbox, log_events, paylinks, spawn_worker, tail, unique_requests
 
 
 def enqueue(requests: list[dict[str, Any]], env: dict[str, str], path: Path) -> str:
@@ -67,10 +67,6 @@ async def wait_exit(workers: list[tuple[subprocess.Popen[bytes], Path]], within:
         await asyncio.sleep(0.1)
     for worker, log in workers:
         assert worker.returncode == 0, tail(log)
-
-
-def tail(log: Path, chars: int = 3000) -> str:
-    return log.read_text(errors="replace")[-chars:]
 
 
 def max_one_second_window(times: list[float]) -> tuple[int, int]:
