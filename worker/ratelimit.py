@@ -15,6 +15,7 @@ from redis.asyncio import Redis
 from paylinks.jobs import layout
 from paylinks.jobs.layout import AdaptiveField
 from paylinks.jobs.scripts import lua
+from paylinks.worker import metrics
 
 # The script's answers to `acquire`, besides 1 for a reserved slot.
 _TOO_LONG, _ALL_LEASED = 0, 2
@@ -106,7 +107,9 @@ class Limiter:
         """
         lease = uuid.uuid4().hex if self.limit.max_in_flight else ""
         try:
-            yield await self._take(lease, time.monotonic() + max_wait)
+            waited = await self._take(lease, time.monotonic() + max_wait)
+            metrics.RATELIMIT_WAIT.observe(waited)
+            yield waited
         finally:
             if self.limit.max_in_flight:
                 # Also after a failed `_take`: a cancellation can lose the answer of a script
@@ -118,6 +121,7 @@ class Limiter:
 
         A longer pause already set stands. In adaptive mode, also lowers the rate.
         """
+        metrics.RATELIMIT_PAUSES.inc()
         await self._call("pause", _micros(seconds))
 
     async def succeeded(self) -> None:
@@ -141,6 +145,7 @@ class Limiter:
             )
             wait: float = micros / 1_000_000
             if answer == _TOO_LONG or (answer == _ALL_LEASED and remaining <= 0):
+                metrics.RATELIMIT_DEFERRALS.inc()
                 raise RateLimited(wait)
             if answer == _ALL_LEASED:
                 timeout = max(_SHORTEST_BLOCK, min(remaining, wait, _LEASE_POLL))
