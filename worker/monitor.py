@@ -163,7 +163,9 @@ class Monitor:
                 await self.redis.ping()
         except TimeoutError:
             # The client retries through a Redis restart: a Redis that is gone times out.
-            return f"redis at {address(self.redis_url)} unreachable (no answer in {REDIS_TIMEOUT:g} s)"
+            return (
+                f"redis at {address(self.redis_url)} unreachable (no answer in {REDIS_TIMEOUT:g} s)"
+            )
         except (RedisError, OSError) as e:
             return f"redis at {address(self.redis_url)} unreachable ({type(e).__name__})"
         return None
