@@ -147,3 +147,10 @@ def test_the_check_catches_a_name_the_workers_do_not_export(known: dict[str, set
     ]
     with pytest.raises(ValueError, match="parenthesis"):
         promql_parser.parse("sum(rate(paylinks_checkouts_total[5m])")
+
+
+def test_the_image_health_check_asks_the_workers_port() -> None:
+    dockerfile = (ROOT / "deploy" / "Dockerfile").read_text()
+    assert re.search(r"^ENV PAYLINKS_METRICS_PORT=9464$", dockerfile, re.MULTILINE)
+    assert re.search(r'^\s+CMD \["paylinks", "health"\]$', dockerfile, re.MULTILINE)
+    assert "HEALTHCHECK " in dockerfile

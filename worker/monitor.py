@@ -8,6 +8,7 @@ queue's state and readiness are read with the worker's asyncio Redis client, on 
 from __future__ import annotations
 
 import asyncio
+import os
 from collections.abc import Iterable, Iterator
 from contextlib import contextmanager
 
@@ -128,7 +129,7 @@ class Monitor:
             await self._runner.cleanup()
             raise MetricsPortError(
                 f"cannot serve metrics on {self.config.metrics_host}:{self.config.metrics_port} "
-                f"(PAYLINKS_METRICS_PORT): {e.strerror or e}"
+                f"(PAYLINKS_METRICS_PORT): {os.strerror(e.errno).lower() if e.errno else e}"
             ) from None
 
     async def stop(self) -> None:
