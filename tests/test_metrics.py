@@ -68,6 +68,46 @@ async def test_a_scrape_counts_the_batch_the_worker_ran(
     assert not {v for v in values if batch in v or "METRICS-" in v}
 
 
+async def test_a_scrape_counts_retries_failures_and_sessions_found_by_a_look_up(
+    redis: Redis, sandbox: Sandbox, env: dict[str, str], tmp_path: Path
+) -> None:
+    """Every call answered 500, two tries each: retried, then failed. Then every 201's answer
+    dropped: retried for want of an answer, then the session found by the look-up."""
+    count = 3
+    env = {**env, "PAYLINKS_MAX_TRIES": "2"}
+    with worker_with_port(env, tmp_path / "worker.log") as (_, port):
+        for name, faults in (("ERRORS", {"error_rate": 1}), ("DROPS", {"drop_rate": 1})):
+            await sandbox.faults(**{"error_rate": 0, "drop_rate": 0, **faults})
+            path = write_requests(tmp_path / f"{name}.jsonl", unique_requests(count, name))
+            batch = enqueue(path, env)["batch"]
+
+            async def done(batch: str = batch) -> bool | None:
+                status = await Batches(redis).status(batch)
+                return True if status and status["done"] else None
+
+            await eventually(done, f"the {name} batch done")
+        samples = await scrape(port)
+
+    assert checkouts(samples) == {
+        series("paylinks_checkouts_total", outcome="retried", reason="api", status="500"): count,
+        series("paylinks_checkouts_total", outcome="failed", reason="api", status="500"): count,
+        series("paylinks_checkouts_total", outcome="retried", reason="connection", status=""): (
+            count
+        ),
+        series("paylinks_checkouts_total", outcome="reconciled", reason="lookup", status=""): (
+            count
+        ),
+    }
+    calls = {s: v for s, v in samples.items() if s[0] == "paylinks_api_requests_total" and v}
+    assert calls == {
+        series("paylinks_api_requests_total", operation="create", status="500"): 2 * count,
+        series("paylinks_api_requests_total", operation="create", status="connection"): count,
+        series("paylinks_api_requests_total", operation="list", status="200"): count,
+    }
+    assert samples[series("paylinks_enqueue_to_created_seconds_count")] == count
+    assert samples[series("paylinks_dead_letters")] == count
+
+
 async def test_a_scrape_shows_the_queue_while_calls_are_held(
     redis: Redis,
     slow_sandbox: Sandbox,  # noqa: F811

@@ -1,9 +1,4 @@
-"""The worker's HTTP port: Prometheus metrics (/metrics), liveness (/healthz), readiness (/readyz).
-
-Served by aiohttp inside the worker's own event loop, not by prometheus_client's server
-thread: a thread would answer /healthz while the loop that runs the jobs is stuck, and the
-queue's state and readiness are read with the worker's asyncio Redis client, on that loop.
-"""
+"""The worker's HTTP port: Prometheus metrics, liveness (/healthz) and readiness (/readyz)."""
 
 from __future__ import annotations
 
@@ -19,7 +14,7 @@ from prometheus_client.metrics_core import GaugeMetricFamily, Metric
 from redis.exceptions import RedisError
 
 from paylinks.jobs.connection import address, connect
-from paylinks.jobs.queuestate import QueueState, read_queue_state
+from paylinks.jobs.queuestate import NEWEST_BATCHES, QueueState, read_queue_state
 from paylinks.worker import metrics
 from paylinks.worker.config import MetricsConfig
 
@@ -75,7 +70,7 @@ class QueueCollector:
             ),
             (
                 "paylinks_batches_open",
-                "Batches not yet completed, among the 100 newest.",
+                f"Batches not yet completed, among the {NEWEST_BATCHES} newest.",
                 state.open_batches,
             ),
             (
@@ -99,7 +94,12 @@ class Scrape:
 
 
 class Monitor:
-    """The port of one worker process, open from before its first job to its exit."""
+    """The port of one worker process, open from before its first job to its exit.
+
+    Served by aiohttp inside the worker's own event loop, not by prometheus_client's server
+    thread: a thread would answer /healthz while the loop that runs the jobs is stuck, and
+    the queue's state and readiness are read with asyncio Redis, on that loop.
+    """
 
     def __init__(self, config: MetricsConfig, redis_url: str) -> None:
         self.config = config
