@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import re
 from dataclasses import dataclass
 from typing import Any
 
@@ -10,11 +9,9 @@ from redis.asyncio import Redis
 
 from paylinks.jobs import layout
 from paylinks.jobs.layout import AdaptiveField
+from paylinks.jobs.queuestate import health_counts
 from paylinks.worker import registry
 from paylinks.worker.config import WorkerConfig
-
-# arq's health record: "<date> j_complete=3 j_failed=0 j_retried=1 j_ongoing=2 queued=0".
-_COUNT = re.compile(r"\b(j_complete|j_failed|j_retried|j_ongoing|queued)=(\d+)")
 
 
 @dataclass(frozen=True)
@@ -110,7 +107,7 @@ class FleetReader:
                 continue
             # arq sets the record to live interval + 1 s: what has gone of that is its age.
             age = round(max(0.0, self.health_interval_s + 1 - ttl_ms / 1000), 1)
-            counts = {name: int(n) for name, n in _COUNT.findall(health)}
+            counts = health_counts(health)
             workers.append(Worker(*worker, age if ttl_ms > 0 else None, counts))
         return sorted(workers, key=lambda w: (w.host, w.pid)), gone
 

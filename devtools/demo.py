@@ -41,6 +41,8 @@ def run_demo(file: str, *, workers: int = 2) -> int:
             CONOMY_CLIENT_ID="sandbox-client",
             CONOMY_CLIENT_SECRET="sandbox-secret",
         )
+        # Its workers share this host, and one port would serve only the first of them.
+        os.environ.pop("PAYLINKS_METRICS_PORT", None)
         log = stack.enter_context(open(log_path, "ab"))
         sandbox = ["sandbox", "--port", str(port), *SANDBOX_FAULTS]
         stack.callback(_stop, [_spawn(sandbox, log)])

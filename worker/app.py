@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import os
 import socket
 import sys
@@ -10,7 +11,7 @@ from typing import Any
 from urllib.parse import unquote
 
 from arq import func
-from arq.worker import run_worker
+from arq.worker import create_worker
 from redis.exceptions import RedisError
 
 from paylinks.jobs import layout, queue
@@ -30,9 +31,10 @@ from paylinks.worker.auth import (
     credential_id,
     rejected_credentials,
 )
-from paylinks.worker.config import EXIT_CONFIG, ConomyConfig, WorkerConfig, load
+from paylinks.worker.config import EXIT_CONFIG, ConomyConfig, MetricsConfig, WorkerConfig, load
 from paylinks.worker.conomy import ConomyClient, open_http
 from paylinks.worker.health import HealthConfig
+from paylinks.worker.monitor import Monitor, serving
 from paylinks.worker.outcomes import Outcomes
 from paylinks.worker.ratelimit import Limiter, RateLimit
 from paylinks.worker.registry import Registration
@@ -167,8 +169,20 @@ def secrets(config: WorkerConfig, conomy: ConomyConfig) -> list[str]:
 
 def run(config: WorkerConfig, conomy: ConomyConfig, *, burst: bool = False) -> None:
     """Run a worker; a burst worker whose Redis is not there or stays away raises
-    RedisUnreachableError, a long-running one waits for it."""
+    RedisUnreachableError, a long-running one waits for it. Raises MetricsPortError when
+    PAYLINKS_METRICS_PORT cannot be served."""
     configure(config.log_level, secrets(config, conomy))
+    # The loop arq's workers run on (it takes the current one), and the metrics port with them.
+    loop = asyncio.new_event_loop()
+    asyncio.set_event_loop(loop)
+    try:
+        with serving(load(MetricsConfig), config, loop) as monitor:
+            _run(config, conomy, burst, monitor)
+    finally:
+        loop.close()
+
+
+def _run(config: WorkerConfig, conomy: ConomyConfig, burst: bool, monitor: Monitor | None) -> None:
     waiting_for = f"redis at {where(config)}"
     try:
         check_reachable(config)
@@ -179,7 +193,10 @@ def run(config: WorkerConfig, conomy: ConomyConfig, *, burst: bool = False) -> N
         get_logger().warning("worker.waiting", reason=str(e), waiting_for=waiting_for)
     while True:
         try:
-            run_worker(worker_settings(config, conomy), burst=burst)
+            worker = create_worker(worker_settings(config, conomy), burst=burst)
+            if monitor:
+                monitor.worker = worker
+            worker.run()
             return
         except CredentialsRejectedError as e:
             print(f"paylinks: configuration error: {e}", file=sys.stderr)

@@ -12,6 +12,7 @@ from redis.asyncio import Redis
 
 from paylinks.jobs import layout
 from paylinks.jobs.logs import get_logger, redact
+from paylinks.worker import metrics
 from paylinks.worker.config import ConomyConfig
 
 # A token is renewed a tenth of its lifetime before it expires, and never less than this many
@@ -115,6 +116,20 @@ class TokenEndpoint:
         return True
 
     async def _fetch(self) -> None:
+        try:
+            token, lifetime = await self._ask()
+        except AuthError:
+            metrics.TOKEN_RENEWALS.labels("failed").inc()
+            raise
+        metrics.TOKEN_RENEWALS.labels("renewed").inc()
+        keep_ms = int(renew_after(lifetime) * 1000)
+        redact(token)
+        await self.redis.set(self.key, token, px=keep_ms)
+        self._token, self._expires = token, time.monotonic() + keep_ms / 1000
+        get_logger().info("auth.token_renewed", expires_in=lifetime)
+
+    async def _ask(self) -> tuple[str, float]:
+        """A new token from the endpoint, and its lifetime in seconds."""
         credentials = {
             "clientId": self.client_id,
             "clientSecret": self.client_secret.get_secret_value(),
@@ -129,14 +144,9 @@ class TokenEndpoint:
             raise AuthError(f"token endpoint unreachable: {type(e).__name__}") from e
         try:
             answer = orjson.loads(body)
-            token, lifetime = str(answer["accessToken"]), float(answer.get("expiresIn", 3600))
+            return str(answer["accessToken"]), float(answer.get("expiresIn", 3600))
         except (orjson.JSONDecodeError, KeyError, TypeError, ValueError) as e:
             raise AuthError("token endpoint answered without an accessToken") from e
-        keep_ms = int(renew_after(lifetime) * 1000)
-        redact(token)
-        await self.redis.set(self.key, token, px=keep_ms)
-        self._token, self._expires = token, time.monotonic() + keep_ms / 1000
-        get_logger().info("auth.token_renewed", expires_in=lifetime)
 
 
 class CredentialsRejectedError(Exception):

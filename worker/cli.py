@@ -1,4 +1,4 @@
-"""The `paylinks` command: enqueue, worker, status, results, sandbox and demo."""
+"""The `paylinks` command: enqueue, worker, health, status, results, sandbox and demo."""
 
 from __future__ import annotations
 
@@ -29,7 +29,7 @@ from paylinks.jobs.logs import configure
 from paylinks.jobs.producer import EnqueueReport, Producer, Rejection, new_batch_id
 from paylinks.jobs.records import RESULT_COLUMNS
 from paylinks.jobs.replication import NotReplicatedError
-from paylinks.worker.config import ConomyConfig, WorkerConfig, load, settings_help
+from paylinks.worker.config import ConomyConfig, MetricsConfig, WorkerConfig, load, settings_help
 from paylinks.worker.health import HealthConfig
 from paylinks.worker.progress import watch
 
@@ -284,11 +284,27 @@ def schema(args: argparse.Namespace) -> int:
 
 def worker(args: argparse.Namespace) -> int:
     from paylinks.worker.app import run
+    from paylinks.worker.monitor import MetricsPortError
 
     config = load(WorkerConfig)
     if args.concurrency:
         config = config.model_copy(update={"concurrency": args.concurrency})
-    run(config, load(ConomyConfig), burst=args.burst)
+    try:
+        run(config, load(ConomyConfig), burst=args.burst)
+    except MetricsPortError as e:
+        raise CannotStartError(str(e)) from None
+    return 0
+
+
+def health(args: argparse.Namespace) -> int:
+    from paylinks.worker.healthcheck import unhealthy
+
+    # Exit code 1 for every failure: Docker reserves 2.
+    reason = unhealthy("/healthz" if args.live else "/readyz")
+    if reason is not None:
+        print(f"paylinks: health: {reason}", file=sys.stderr)
+        return EXIT_FAILED
+    print("alive" if args.live else "ready")
     return 0
 
 
@@ -377,11 +393,31 @@ def parser() -> argparse.ArgumentParser:
     p.set_defaults(run=schema)
 
     p = add_command(
-        commands, "worker", "run one worker process", WorkerConfig, ConomyConfig, HealthConfig
+        commands,
+        "worker",
+        "run one worker process",
+        WorkerConfig,
+        ConomyConfig,
+        HealthConfig,
+        MetricsConfig,
+        note="With PAYLINKS_METRICS_PORT set it serves /metrics, /healthz and /readyz there; "
+        "each worker process on a host needs a port of its own.",
     )
     p.add_argument("--concurrency", type=int, help="jobs at once (PAYLINKS_CONCURRENCY)")
     p.add_argument("--burst", action="store_true", help="exit once nothing is left to do")
     p.set_defaults(run=worker)
+
+    p = add_command(
+        commands,
+        "health",
+        "for Docker's HEALTHCHECK: exit 0 if this host's worker is ready, else 1 and why",
+        MetricsConfig,
+        note="Asks the worker's /readyz on PAYLINKS_METRICS_PORT (loopback unless "
+        "PAYLINKS_METRICS_HOST names an address): not ready while Redis does not answer it, "
+        "or while it drains after SIGTERM.",
+    )
+    p.add_argument("--live", action="store_true", help="ask /healthz (the loop answers) instead")
+    p.set_defaults(run=health)
 
     p = add_command(
         commands,

@@ -5,6 +5,7 @@ from typing import Self, TypeVar
 
 from pydantic import (
     AnyHttpUrl,
+    Field,
     NonNegativeFloat,
     NonNegativeInt,
     PositiveFloat,
@@ -85,6 +86,18 @@ class WorkerConfig(ProducerConfig):
     reconcile: bool = True
     # Signs the POST to a batch's webhook (enqueue --webhook), HMAC-SHA256.
     webhook_secret: SecretStr | None = None
+
+
+class MetricsConfig(BaseSettings):
+    """The worker's HTTP port: what the worker serves on, and what `paylinks health` asks."""
+
+    model_config = SettingsConfigDict(env_prefix="PAYLINKS_", extra="ignore")
+
+    # Prometheus metrics (/metrics), liveness (/healthz) and readiness (/readyz); none when
+    # unset. Each worker process on one host needs a port of its own.
+    metrics_port: int | None = Field(None, ge=1, le=65535)
+    # Every interface, for a Prometheus on another host; figures carry no secret.
+    metrics_host: str = "0.0.0.0"
 
 
 def load(config: type[Config]) -> Config:

@@ -10,6 +10,7 @@ import aiohttp
 import orjson
 
 from paylinks import __version__
+from paylinks.worker import metrics
 from paylinks.worker.auth import AccessTokens
 from paylinks.worker.config import ConomyConfig, WorkerConfig
 
@@ -116,7 +117,9 @@ class ConomyClient:
         self, method: str, token: str, headers: dict[str, str] | None = None, **request: Any
     ) -> ApiAnswer:
         sent = {**self.headers, **(headers or {}), "Authorization": f"Bearer {token}"}
-        async with self.http.request(method, self.url, headers=sent, **request) as response:
-            return ApiAnswer(
-                response.status, await response.read(), response.headers.get("Retry-After")
-            )
+        with metrics.api_call("create" if method == "POST" else "list") as call:
+            async with self.http.request(method, self.url, headers=sent, **request) as response:
+                call.status = response.status
+                return ApiAnswer(
+                    response.status, await response.read(), response.headers.get("Retry-After")
+                )

@@ -15,6 +15,7 @@ from redis.asyncio import Redis
 from paylinks.jobs import layout
 from paylinks.jobs.layout import AdaptiveField
 from paylinks.jobs.scripts import lua
+from paylinks.worker import metrics
 
 # The script's answers to `acquire`, besides 1 for a reserved slot.
 _TOO_LONG, _ALL_LEASED = 0, 2
@@ -104,6 +105,7 @@ class Limiter:
         try:
             slot = Slot(self, lease, time.monotonic() + max_wait)
             await slot.ready()
+            metrics.RATELIMIT_WAIT.observe(slot.waited)
             yield slot
         finally:
             if self.limit.max_in_flight:
@@ -116,6 +118,7 @@ class Limiter:
 
         A longer pause already set stands. In adaptive mode, also lowers the rate.
         """
+        metrics.RATELIMIT_PAUSES.inc()
         await self._call("pause", _micros(seconds))
 
     async def succeeded(self) -> None:
@@ -180,6 +183,7 @@ class Slot:
             )
             wait: float = micros / 1_000_000
             if answer == _TOO_LONG or (answer == _ALL_LEASED and remaining <= 0):
+                metrics.RATELIMIT_DEFERRALS.inc()
                 raise RateLimited(wait)
             if answer == _ALL_LEASED:
                 timeout = max(_SHORTEST_BLOCK, min(remaining, wait, _LEASE_POLL))

@@ -21,6 +21,7 @@ from paylinks.jobs.layout import BatchField, RecordField, State
 from paylinks.jobs.logs import get_logger
 from paylinks.jobs.models import CheckoutSession, personal_data
 from paylinks.jobs.records import Record, read_record
+from paylinks.worker import metrics
 from paylinks.worker.auth import AuthError
 from paylinks.worker.config import WorkerConfig
 from paylinks.worker.conomy import ApiAnswer, ConomyClient
@@ -70,6 +71,7 @@ async def create_checkout_session(ctx: dict[str, Any], key: str) -> str:
         # time (a slow token endpoint, a long wait for a slot). The record keeps its state,
         # so the next run carries on from it and resends the same Idempotency-Key.
         reason = "job deadline" if isinstance(e, TimeoutError) else f"redis: {type(e).__name__}"
+        metrics.retried(reason)
         delay = backoff(ctx["job_try"], deps.config.retry_base, deps.config.retry_cap)
         get_logger(idempotency_key=key).warning(
             "checkout.retrying", reason=reason, retry_in_s=round(delay, 3)
@@ -321,6 +323,7 @@ class Attempt:
             },
             announce=announce,
         )
+        metrics.created(self.record.enqueued_at_ms, status, event.removeprefix("checkout."))
         return State.CREATED.value
 
     async def retry(self, reason: str, answer: ApiAnswer | None = None) -> str:
@@ -332,6 +335,7 @@ class Attempt:
         delay = backoff(self.number, config.retry_base, config.retry_cap, retry_after)
         fields = self._error_fields(reason, answer)
         await self.deps.outcomes.move(self.record, State.RETRYING, fields)
+        metrics.retried(reason, answer)
         self.log.warning(
             "checkout.retrying",
             reason=reason,
@@ -364,6 +368,7 @@ class Attempt:
                 personal_data=self._personal_data(),
             ),
         )
+        metrics.failed(reason, answer)
         return State.FAILED.value
 
     def _error_fields(
