@@ -20,7 +20,7 @@ Section = Callable[[Services, bool], Awaitable[dict[str, Any]]]
 
 
 def sections() -> dict[str, Section]:
-    from bench import dashboard, intake, latency, ratelimit, throughput
+    from bench import dashboard, fleet, intake, latency, ratelimit, throughput
 
     return {
         "intake": intake.run,
@@ -28,6 +28,7 @@ def sections() -> dict[str, Section]:
         "latency": latency.run,
         "ratelimit": ratelimit.run,
         "dashboard": dashboard.run,
+        "fleet": fleet.run,
     }
 
 
