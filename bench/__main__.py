@@ -20,7 +20,7 @@ Section = Callable[[Services, bool], Awaitable[dict[str, Any]]]
 
 
 def sections() -> dict[str, Section]:
-    from bench import dashboard, intake, latency, ratelimit, replicas, throughput
+    from bench import dashboard, fleet, intake, latency, ratelimit, replicas, throughput
 
     return {
         "intake": intake.run,
@@ -29,6 +29,7 @@ def sections() -> dict[str, Section]:
         "ratelimit": ratelimit.run,
         "dashboard": dashboard.run,
         "replicas": replicas.run,
+        "fleet": fleet.run,
     }
 
 
