@@ -17,9 +17,11 @@ from collections import Counter
 from pathlib import Path
 
 import pytest
+import redis
 from redis.asyncio import Redis
 
 from paylinks.devtools.redis_server import RedisServer
+from paylinks.jobs import layout
 from paylinks.jobs.connection import connect
 from tests.helpers import (
     Sandbox,
@@ -367,3 +369,28 @@ async def test_dropped_answers_and_a_killed_worker_make_no_extra_session(
     reconciled = [e for e in log_events(*logs) if e.get("event") == "checkout.reconciled"]
     # The dropped answers, and the calls the kill cut off, were each found, not made again.
     assert len(reconciled) >= stats["dropped"]
+
+
+def test_sigterm_stops_a_worker_whose_redis_is_gone(env: dict[str, str], tmp_path: Path) -> None:
+    """An orchestrator drains a worker while Redis is down: the worker must not restart itself
+    to wait for Redis, it exits once its closing writes give up (the client's retries, about
+    35 s), well inside a pod's grace."""
+    with RedisServer() as server:
+        log = tmp_path / "worker.log"
+        worker = spawn_worker({**env, "REDIS_URL": server.url}, log)
+        with cleaned_up([worker]):
+            # Running: it has put itself on the fleet's registry.
+            with redis.Redis.from_url(server.url) as probe:
+                deadline = time.monotonic() + 60
+                while not probe.zcard(layout.WORKERS):
+                    assert worker.poll() is None, tail(log)
+                    assert time.monotonic() < deadline, tail(log)
+                    time.sleep(0.1)
+            server.kill()  # SIGKILL on the redis-server process
+            worker.send_signal(signal.SIGTERM)
+            try:
+                worker.wait(60)
+            except subprocess.TimeoutExpired:
+                pytest.fail(f"a worker without Redis ignored SIGTERM for 60 s:\n{tail(log)}")
+    assert worker.returncode == 0, tail(log)
+    assert [e["event"] for e in log_events(log)].count("worker.stopped") == 1, tail(log)

@@ -204,7 +204,11 @@ def _run(config: WorkerConfig, conomy: ConomyConfig, burst: bool, monitor: Monit
         except RedisError as e:
             # arq's poll loop ends on a Redis error its retries did not ride out (a WATCH
             # across a restart, or Redis away for longer). Jobs in flight have finished by
-            # now; a new worker takes over where the queue stands.
+            # now; a new worker takes over where the queue stands, unless this one was told to
+            # stop (SIGTERM, Ctrl-C): its closing writes then failed, and stopping it is done.
+            if not worker.allow_pick_jobs:
+                get_logger().warning("worker.stopped", reason=f"redis: {type(e).__name__}")
+                return
             if burst:
                 raise RedisUnreachableError(
                     f"lost Redis at {where(config)}: {type(e).__name__}"

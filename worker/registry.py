@@ -22,6 +22,9 @@ from redis.exceptions import RedisError
 from paylinks.jobs import layout
 from paylinks.jobs.logs import get_logger
 
+# How long a stopping worker tries to take itself off the registry.
+UNREGISTER_TIMEOUT = 2.0
+
 
 async def now_ms(redis: Redis) -> int:
     """Redis' clock, the one every host's worker and the dashboard share."""
@@ -89,8 +92,10 @@ class Registration:
             with contextlib.suppress(asyncio.CancelledError):
                 await self._task
         try:
-            await self.redis.zrem(layout.WORKERS, self.health_key)
-        except RedisError as e:  # pruned later, once its record is gone
+            # Bounded: a stopping worker must not ride out a Redis outage to say goodbye.
+            async with asyncio.timeout(UNREGISTER_TIMEOUT):
+                await self.redis.zrem(layout.WORKERS, self.health_key)
+        except (RedisError, TimeoutError) as e:  # pruned later, once its record is gone
             get_logger().warning("worker.unregister_failed", reason=type(e).__name__)
 
     async def _add(self, now: int) -> None:
