@@ -37,8 +37,8 @@ from paylinks.worker.ratelimit import Limiter, RateLimit
 class Recording(Limiter):
     slots = {}
 
-    async def _call(self, operation, *args):
-        answer = await super()._call(operation, *args)
+    async def _call(self, operation, *args, **keys):
+        answer = await super()._call(operation, *args, **keys)
         if operation == "acquire" and answer[0] == 1:
             self.slots[answer[3] or len(self.slots)] = answer[2]
         if operation == "take":
@@ -122,8 +122,8 @@ class Recording(Limiter):
     def granted(self) -> list[int]:
         return list(self.slots.values())
 
-    async def _call(self, operation: str, *args: str | int) -> Any:
-        answer = await super()._call(operation, *args)
+    async def _call(self, operation: str, *args: str | int, **keys: Any) -> Any:
+        answer = await super()._call(operation, *args, **keys)
         if operation == "acquire" and answer[0] == 1:
             self.slots[answer[3] or len(self.slots)] = answer[2]
         if operation == "take":

@@ -10,7 +10,6 @@ from typing import Any
 
 from arq import func
 from arq.connections import RedisSettings
-from arq.worker import run_worker
 from redis.exceptions import RedisError
 
 from paylinks.jobs import layout, queue
@@ -30,6 +29,7 @@ from paylinks.worker.auth import (
     credential_id,
     rejected_credentials,
 )
+from paylinks.worker.claims import ClaimingWorker
 from paylinks.worker.config import EXIT_CONFIG, ConomyConfig, WorkerConfig, load
 from paylinks.worker.conomy import ConomyClient, open_http
 from paylinks.worker.health import HealthConfig
@@ -178,7 +178,7 @@ def run(config: WorkerConfig, conomy: ConomyConfig, *, burst: bool = False) -> N
         get_logger().warning("worker.waiting", reason=str(e), waiting_for=waiting_for)
     while True:
         try:
-            run_worker(worker_settings(config, conomy), burst=burst)
+            ClaimingWorker(**worker_settings(config, conomy), burst=burst).run()
             return
         except CredentialsRejectedError as e:
             print(f"paylinks: configuration error: {e}", file=sys.stderr)

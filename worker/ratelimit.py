@@ -5,7 +5,7 @@ from __future__ import annotations
 import asyncio
 import time
 import uuid
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Sequence
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
 from typing import Any
@@ -13,11 +13,12 @@ from typing import Any
 from redis.asyncio import Redis
 
 from paylinks.jobs import layout
+from paylinks.jobs.batches import now_ms
 from paylinks.jobs.layout import AdaptiveField
 from paylinks.jobs.scripts import lua
 
 # The script's answers to `acquire`, besides 1 for a reserved slot.
-_TOO_LONG, _ALL_LEASED = 0, 2
+_TOO_LONG, _ALL_LEASED, _ENDED = 0, 2, 3
 # A waiter for a lease asks again at least this often: the wake-up it needed may have gone to
 # a waiter that was cancelled before it could take the lease.
 _LEASE_POLL = 1.0
@@ -31,6 +32,27 @@ class RateLimited(Exception):  # noqa: N818 - the name the job catches
     def __init__(self, retry_in: float) -> None:
         super().__init__(f"rate limited, retry in {retry_in:.3f} s")
         self.retry_in = retry_in
+
+
+class Ended(Exception):  # noqa: N818 - the name the job catches
+    """The checkout record to mark in flight ended (or expired) before its slot: none was
+    taken. `state` is its state, '' when it is gone."""
+
+    def __init__(self, state: str) -> None:
+        super().__init__(f"the checkout request ended ({state or 'expired'})")
+        self.state = state
+
+
+@dataclass
+class InFlight:
+    """A checkout record to mark in flight in the same script call that gives its slot, as
+    `Outcomes.move` would: done when the slot is due at once, and then `attempts` is the
+    record's attempts, this one counted. A slot further off leaves the mark to the caller,
+    once the slot is sure."""
+
+    record_key: str
+    batch_key: str
+    attempts: int | None = None
 
 
 @dataclass(frozen=True)
@@ -98,15 +120,16 @@ class Limiter:
         )
 
     @asynccontextmanager
-    async def slot(self, max_wait: float) -> AsyncIterator[float]:
+    async def slot(self, max_wait: float, mark: InFlight | None = None) -> AsyncIterator[float]:
         """Wait for the pause, a rate slot and a lease; yield the seconds spent waiting for
         them (not counting the round trips to Redis).
 
-        Raises RateLimited, holding nothing, when that would take longer than `max_wait`.
+        Raises RateLimited, holding nothing, when that would take longer than `max_wait`;
+        with a `mark`, Ended when its record ended first.
         """
         lease = uuid.uuid4().hex if self.limit.max_in_flight else ""
         try:
-            yield await self._take(lease, time.monotonic() + max_wait)
+            yield await self._take(lease, time.monotonic() + max_wait, mark)
         finally:
             if self.limit.max_in_flight:
                 # Also after a failed `_take`: a cancellation can lose the answer of a script
@@ -132,13 +155,20 @@ class Limiter:
         lowered: str | None = await self.redis.hget(self._keys.adaptive, AdaptiveField.RATE)  # type: ignore[misc]
         return min(self.limit.rate, float(lowered)) if lowered else self.limit.rate
 
-    async def _take(self, lease: str, deadline: float) -> float:
+    async def _take(self, lease: str, deadline: float, mark: InFlight | None) -> float:
         waited = 0.0
+        keys = [mark.record_key, mark.batch_key] if mark else []
         while True:
             remaining = deadline - time.monotonic()
-            answer, micros, slot, *reserved = await self._call(
-                "acquire", lease, _micros(max(remaining, 0))
+            marking = [now_ms()] if mark else []
+            reply = await self._call(
+                "acquire", lease, _micros(max(remaining, 0)), *marking, more_keys=keys
             )
+            if reply[0] == _ENDED:
+                raise Ended(reply[1])
+            answer, micros, slot, *reserved = reply
+            if mark and len(reserved) > 1:
+                mark.attempts = int(reserved[1])
             wait: float = micros / 1_000_000
             if answer == _TOO_LONG or (answer == _ALL_LEASED and remaining <= 0):
                 raise RateLimited(wait)
@@ -167,8 +197,10 @@ class Limiter:
             if paused_until is None or int(paused_until) <= slot:
                 return waited
 
-    async def _call(self, operation: str, *args: str | int) -> Any:
-        return await self._script(keys=self._keys, args=[operation, *self._config, *args])
+    async def _call(self, operation: str, *args: str | int, more_keys: Sequence[str] = ()) -> Any:
+        return await self._script(
+            keys=[*self._keys, *more_keys], args=[operation, *self._config, *args]
+        )
 
 
 def _micros(seconds: float) -> int:
