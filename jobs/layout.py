@@ -164,6 +164,7 @@ class RecordField(StrEnum):
     SESSION_ID = "session_id"
     URL = "url"
     EXPIRES_AT = "expires_at"
+    # Written by earlier releases, which nothing read: no longer kept.
     SESSION_STATUS = "session_status"
     HTTP_STATUS = "http_status"
     ERROR = "error"

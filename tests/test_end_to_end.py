@@ -95,6 +95,7 @@ async def test_a_created_request_keeps_its_bodys_digest_not_the_body_and_still_t
     assert "request" not in record
     assert record["request_digest"] == hashlib.sha1(body.encode()).hexdigest()
     assert "" not in record.values(), "an empty field only takes memory"
+    assert await redis.pttl(record_key) > 0, "written anew, the record keeps its expiry"
 
     again = enqueue(path, env)
     assert (again["enqueued"], again["duplicates"], again["rejected"]) == (0, 2, [])

@@ -33,6 +33,8 @@ class ClaimingWorker(Worker):
 
     async def start_jobs(self, job_ids: list[bytes]) -> None:
         room = self.max_jobs - self.job_counter
+        # The queue keeps a job until it finished: those this worker runs are not asked about.
+        job_ids = [job_id for job_id in job_ids if job_id.decode() not in self.tasks]
         if room <= 0 or not job_ids:
             return
         if self._claim is None:

@@ -321,7 +321,6 @@ class Attempt:
                 RecordField.SESSION_ID: session.id,
                 RecordField.URL: session.url,
                 RecordField.EXPIRES_AT: session.expires_at,
-                RecordField.SESSION_STATUS: session.status,
                 RecordField.HTTP_STATUS: status,
                 RecordField.ERROR: reason,
                 RecordField.ERROR_CODE: None,

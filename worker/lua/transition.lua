@@ -27,11 +27,26 @@ for i = 5, #ARGV, 2 do
 end
 if new == 'created' then
   -- The body is never sent again: its digest is all that telling a duplicate from a
-  -- conflict needs, at a tenth of the memory a result keeps for its days.
-  local body = redis.call('HGET', KEYS[1], 'request')
+  -- conflict needs. The record is written anew without it, because Redis keeps a hash in its
+  -- large encoding once a value (the body) outgrew its compact one (hash-max-listpack-value),
+  -- even after that value is gone; written anew, it is compact when its values fit.
+  local fields = redis.call('HGETALL', KEYS[1])
+  local kept, body = {}, nil
+  for i = 1, #fields, 2 do
+    if fields[i] == 'request' then
+      body = fields[i + 1]
+    else
+      kept[#kept + 1] = fields[i]
+      kept[#kept + 1] = fields[i + 1]
+    end
+  end
   if body then
-    redis.call('HSET', KEYS[1], 'request_digest', redis.sha1hex(body))
-    redis.call('HDEL', KEYS[1], 'request')
+    local ttl = redis.call('PTTL', KEYS[1])
+    kept[#kept + 1] = 'request_digest'
+    kept[#kept + 1] = redis.sha1hex(body)
+    redis.call('DEL', KEYS[1])
+    redis.call('HSET', KEYS[1], unpack(kept))
+    if ttl > 0 then redis.call('PEXPIRE', KEYS[1], ttl) end
   end
 end
 if old ~= new then
