@@ -137,8 +137,8 @@ async def _create(deps: Deps, key: str) -> str:
 
 
 async def _skipped(deps: Deps, record: Record, log: Any, state: str) -> str:
-    # A run after a worker died between the record's last move and its batch's completion:
-    # complete the batch now if it is due.
+    # The request ended in another run (or in one that died between the record's last move
+    # and its batch's completion): complete the batch now if it is due.
     log.info("checkout.skipped", state=state)
     await deps.outcomes.batches.complete(record.batch)
     return state
