@@ -35,7 +35,7 @@ from bench.data import write_jsonl
 from bench.services import Services
 
 ROOT = Path(__file__).resolve().parent.parent
-TARGET_RATIO = 10
+TARGET_RATIO = 12
 
 
 @dataclass(frozen=True)

@@ -153,8 +153,12 @@ class RecordField(StrEnum):
 
     CHECKOUT_TOKEN = "checkout_token"
     BATCH = "batch"
-    # The body to send, canonical JSON.
+    # The body to send, canonical JSON; kept until the request is created, then dropped for
+    # its digest (what memory a result keeps is what reading it and conflicts need).
     REQUEST = "request"
+    # SHA-1 (hex) of `request`, once the request is created: a token enqueued again with the
+    # same body is a duplicate, with another body a conflict.
+    REQUEST_DIGEST = "request_digest"
     STATE = "state"
     ATTEMPTS = "attempts"
     ENQUEUED_AT = "enqueued_at"
@@ -162,6 +166,7 @@ class RecordField(StrEnum):
     SESSION_ID = "session_id"
     URL = "url"
     EXPIRES_AT = "expires_at"
+    # Written by earlier releases, which nothing read: no longer kept.
     SESSION_STATUS = "session_status"
     HTTP_STATUS = "http_status"
     ERROR = "error"

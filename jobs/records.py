@@ -20,6 +20,7 @@ class Record:
     checkout_token: str
     batch: str
     state: State
+    # The body to send; empty once the request is created (the record keeps its digest).
     request: str
     attempts: int
     session_id: str | None = None
@@ -45,7 +46,7 @@ class Record:
             checkout_token=fields[RecordField.CHECKOUT_TOKEN],
             batch=fields[RecordField.BATCH],
             state=State(fields[RecordField.STATE]),
-            request=fields[RecordField.REQUEST],
+            request=fields.get(RecordField.REQUEST, ""),
             attempts=int(fields.get(RecordField.ATTEMPTS, 0)),
             session_id=fields.get(RecordField.SESSION_ID) or None,
             url=fields.get(RecordField.URL) or None,

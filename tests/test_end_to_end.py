@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+import hashlib
 import json
 import re
 from pathlib import Path
 
 from redis.asyncio import Redis
 
+from paylinks.jobs.layout import checkout_key, idempotency_key
 from tests.helpers import (
     ACCESS_TOKEN,
     API_KEY,
@@ -76,6 +78,36 @@ async def test_enqueueing_the_same_file_again_creates_nothing_new(
     run_workers(env, 1)
     assert (await sandbox.stats())["sessions"] == 10
     assert {r["state"] for r in results(first["batch"], env)} == {"created"}
+
+
+async def test_a_created_request_keeps_its_bodys_digest_not_the_body_and_still_tells_a_conflict(
+    redis: Redis, sandbox: Sandbox, env: dict[str, str], tmp_path: Path
+) -> None:
+    requests = example_requests(2)
+    path = write_requests(tmp_path / "two.jsonl", requests)
+    enqueue(path, env)
+    record_key = checkout_key(idempotency_key(str(requests[0]["checkoutToken"])))
+    body: str = await redis.hget(record_key, "request")  # type: ignore[misc]
+    run_workers(env, 1)
+
+    record: dict[str, str] = await redis.hgetall(record_key)  # type: ignore[misc]
+    assert record["state"] == "created"
+    assert "request" not in record
+    assert record["request_digest"] == hashlib.sha1(body.encode()).hexdigest()
+    assert "" not in record.values(), "an empty field only takes memory"
+    assert await redis.pttl(record_key) > 0, "written anew, the record keeps its expiry"
+
+    again = enqueue(path, env)
+    assert (again["enqueued"], again["duplicates"], again["rejected"]) == (0, 2, [])
+    changed = json.loads(json.dumps(requests[0]))
+    changed["items"][0]["description"] = "another request"
+    done = paylinks(
+        "enqueue", str(write_requests(tmp_path / "changed.jsonl", [changed])), "--json", env=env
+    )
+    reused = json.loads(done.stdout)
+    assert reused["enqueued"] == 0
+    assert "different body" in reused["rejected"][0]["error"]
+    assert (await sandbox.stats())["sessions"] == 2
 
 
 async def test_transient_api_failures_are_retried_until_created(

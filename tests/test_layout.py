@@ -27,6 +27,8 @@ CALLS = {
     "paylinks.jobs/enqueue.lua": {"duplicate", "conflict"},
     "paylinks.worker/ratelimit.lua": {"acquire", "take", "release", "pause", "recover"},
 }
+# Scripts that store only arq's own keys (whose names come from arq's constants).
+ARQ_ONLY = {"paylinks.worker/claim.lua"}
 LAYOUT_NAMES = {
     name
     for kind in vars(layout).values()
@@ -42,10 +44,11 @@ def test_every_script_is_checked() -> None:
         "paylinks.jobs/complete.lua",
         "paylinks.worker/transition.lua",
         "paylinks.worker/ratelimit.lua",
+        "paylinks.worker/claim.lua",
     }
 
 
-@pytest.mark.parametrize("script", sorted(SCRIPTS))
+@pytest.mark.parametrize("script", sorted(set(SCRIPTS) - ARQ_ONLY))
 def test_a_script_names_only_fields_and_states_of_the_layout(script: str) -> None:
     text = "\n".join(line.split("--")[0] for line in SCRIPTS[script].splitlines())
     names = set(NAME.findall(text)) - CALLS.get(script, set())

@@ -17,7 +17,7 @@ from redis.asyncio import Redis
 
 from paylinks.devtools.redis_server import RedisServer
 from paylinks.worker import ratelimit
-from paylinks.worker.ratelimit import Limiter, RateLimit, RateLimited
+from paylinks.worker.ratelimit import Ended, InFlight, Limiter, RateLimit, RateLimited
 from tests.helpers import ROOT
 
 CREDENTIAL = "test-credential"
@@ -37,8 +37,8 @@ from paylinks.worker.ratelimit import Limiter, RateLimit
 class Recording(Limiter):
     slots = {}
 
-    async def _call(self, operation, *args):
-        answer = await super()._call(operation, *args)
+    async def _call(self, operation, *args, **keys):
+        answer = await super()._call(operation, *args, **keys)
         if operation == "acquire" and answer[0] == 1:
             self.slots[answer[3] or len(self.slots)] = answer[2]
         if operation == "take":
@@ -123,8 +123,8 @@ class Recording(Limiter):
     def granted(self) -> list[int]:
         return list(self.slots.values())
 
-    async def _call(self, operation: str, *args: str | int) -> Any:
-        answer = await super()._call(operation, *args)
+    async def _call(self, operation: str, *args: str | int, **keys: Any) -> Any:
+        answer = await super()._call(operation, *args, **keys)
         self.operations.append(operation)
         if operation == "acquire" and answer[0] == 1:
             self.slots[answer[3] or len(self.slots)] = answer[2]
@@ -501,3 +501,29 @@ async def until(condition: Callable[[], Awaitable[bool]], what: str, within: flo
         if time.monotonic() > deadline:
             pytest.fail(f"{what}: not within {within} s")
         await asyncio.sleep(0.01)
+
+
+async def test_a_slot_due_at_once_marks_its_record_in_flight_and_an_ended_one_takes_none(
+    redis: Redis,
+) -> None:
+    limiter = Limiter(redis, CREDENTIAL, RateLimit(rate=10, burst=2))
+    record, batch = "paylinks:checkout:k", "paylinks:batch:b"
+    await redis.hset(record, mapping={"state": "retrying", "attempts": 1})  # type: ignore[misc]
+    await redis.hset(batch, mapping={"retrying": 1, "in_progress": 0})  # type: ignore[misc]
+    mark = InFlight(record, batch)
+    async with limiter.slot(max_wait=5, mark=mark):
+        pass
+    assert mark.attempts == 2
+    stored = await redis.hgetall(record)  # type: ignore[misc]
+    assert (stored["state"], stored["attempts"]) == ("in_progress", "2")
+    assert stored["sent_at"] == stored["updated_at"]
+    assert await redis.hgetall(batch) == {"retrying": "0", "in_progress": "1"}  # type: ignore[misc]
+
+    await redis.hset(record, "state", "created")  # type: ignore[misc]
+    tat = await redis.get(TAT)
+    with pytest.raises(Ended) as ended:
+        async with limiter.slot(max_wait=5, mark=InFlight(record, batch)):
+            raise AssertionError("an ended request must get no slot")
+    assert ended.value.state == "created"
+    assert await redis.get(TAT) == tat, "no slot was spent on it"
+    assert await redis.hget(record, "attempts") == "2"  # type: ignore[misc]

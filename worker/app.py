@@ -11,7 +11,6 @@ from typing import Any
 from urllib.parse import unquote
 
 from arq import func
-from arq.worker import create_worker
 from redis.exceptions import RedisError
 
 from paylinks.jobs import layout, queue
@@ -31,6 +30,7 @@ from paylinks.worker.auth import (
     credential_id,
     rejected_credentials,
 )
+from paylinks.worker.claims import ClaimingWorker
 from paylinks.worker.config import EXIT_CONFIG, ConomyConfig, MetricsConfig, WorkerConfig, load
 from paylinks.worker.conomy import ConomyClient, open_http
 from paylinks.worker.health import HealthConfig
@@ -193,7 +193,7 @@ def _run(config: WorkerConfig, conomy: ConomyConfig, burst: bool, monitor: Monit
         get_logger().warning("worker.waiting", reason=str(e), waiting_for=waiting_for)
     while True:
         try:
-            worker = create_worker(worker_settings(config, conomy), burst=burst)
+            worker = ClaimingWorker(**worker_settings(config, conomy), burst=burst)
             if monitor:
                 monitor.worker = worker
             worker.run()

@@ -5,7 +5,7 @@ from __future__ import annotations
 import asyncio
 import time
 import uuid
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Sequence
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
 from typing import Any
@@ -13,12 +13,13 @@ from typing import Any
 from redis.asyncio import Redis
 
 from paylinks.jobs import layout
+from paylinks.jobs.batches import now_ms
 from paylinks.jobs.layout import AdaptiveField
 from paylinks.jobs.scripts import lua
 from paylinks.worker import metrics
 
 # The script's answers to `acquire`, besides 1 for a reserved slot.
-_TOO_LONG, _ALL_LEASED = 0, 2
+_TOO_LONG, _ALL_LEASED, _ENDED = 0, 2, 3
 # A waiter for a lease asks again at least this often: the wake-up it needed may have gone to
 # a waiter that was cancelled before it could take the lease.
 _LEASE_POLL = 1.0
@@ -32,6 +33,27 @@ class RateLimited(Exception):  # noqa: N818 - the name the job catches
     def __init__(self, retry_in: float) -> None:
         super().__init__(f"rate limited, retry in {retry_in:.3f} s")
         self.retry_in = retry_in
+
+
+class Ended(Exception):  # noqa: N818 - the name the job catches
+    """The checkout record to mark in flight ended (or expired) before its slot: none was
+    taken. `state` is its state, '' when it is gone."""
+
+    def __init__(self, state: str) -> None:
+        super().__init__(f"the checkout request ended ({state or 'expired'})")
+        self.state = state
+
+
+@dataclass
+class InFlight:
+    """A checkout record to mark in flight in the same script call that gives its slot, as
+    `Outcomes.move` would: done when the slot is due at once, and then `attempts` is the
+    record's attempts, this one counted. A slot further off leaves the mark to the caller,
+    once the slot is sure."""
+
+    record_key: str
+    batch_key: str
+    attempts: int | None = None
 
 
 @dataclass(frozen=True)
@@ -94,16 +116,16 @@ class Limiter:
         self.lateness = max(limit.jitter / 2, _SHORTEST_BLOCK) if limit.rate else float("inf")
 
     @asynccontextmanager
-    async def slot(self, max_wait: float) -> AsyncIterator[Slot]:
+    async def slot(self, max_wait: float, mark: InFlight | None = None) -> AsyncIterator[Slot]:
         """Wait for the pause, a rate slot and a lease, and hold them.
 
-        Raises RateLimited, holding nothing, when that would take longer than `max_wait`.
-        A caller that awaits anything between the slot and its call says `await slot.ready()`
-        right before the call.
+        Raises RateLimited, holding nothing, when that would take longer than `max_wait`;
+        with a `mark`, Ended when its record ended first. A caller that awaits anything
+        between the slot and its call says `await slot.ready()` right before the call.
         """
         lease = uuid.uuid4().hex if self.limit.max_in_flight else ""
         try:
-            slot = Slot(self, lease, time.monotonic() + max_wait)
+            slot = Slot(self, lease, time.monotonic() + max_wait, mark)
             await slot.ready()
             metrics.RATELIMIT_WAIT.observe(slot.waited)
             yield slot
@@ -133,17 +155,23 @@ class Limiter:
         lowered: str | None = await self.redis.hget(self._keys.adaptive, AdaptiveField.RATE)  # type: ignore[misc]
         return min(self.limit.rate, float(lowered)) if lowered else self.limit.rate
 
-    async def _call(self, operation: str, *args: str | int) -> Any:
-        return await self._script(keys=self._keys, args=[operation, *self._config, *args])
+    async def _call(self, operation: str, *args: str | int, more_keys: Sequence[str] = ()) -> Any:
+        return await self._script(
+            keys=[*self._keys, *more_keys], args=[operation, *self._config, *args]
+        )
 
 
 class Slot:
     """One caller's rate slot and lease, from the wait for them to the call they allow."""
 
-    def __init__(self, limiter: Limiter, lease: str, deadline: float) -> None:
+    def __init__(
+        self, limiter: Limiter, lease: str, deadline: float, mark: InFlight | None
+    ) -> None:
         self.limiter = limiter
         self.lease = lease
         self.deadline = deadline
+        # Marked by the script that gives a slot due at once; once marked, never again.
+        self.mark = mark
         # Seconds spent waiting for the pause, the slot and the lease (not the round trips).
         self.waited = 0.0
         self._due: float | None = None
@@ -178,9 +206,19 @@ class Slot:
         limiter = self.limiter
         while True:
             remaining = self.deadline - time.monotonic()
-            answer, micros, at, *reserved = await limiter._call(
-                "acquire", self.lease, _micros(max(remaining, 0))
+            mark = self.mark if self.mark and self.mark.attempts is None else None
+            reply = await limiter._call(
+                "acquire",
+                self.lease,
+                _micros(max(remaining, 0)),
+                *([now_ms()] if mark else []),
+                more_keys=[mark.record_key, mark.batch_key] if mark else [],
             )
+            if reply[0] == _ENDED:
+                raise Ended(reply[1])
+            answer, micros, at, *reserved = reply
+            if mark and len(reserved) > 1:
+                mark.attempts = int(reserved[1])
             wait: float = micros / 1_000_000
             if answer == _TOO_LONG or (answer == _ALL_LEASED and remaining <= 0):
                 metrics.RATELIMIT_DEFERRALS.inc()

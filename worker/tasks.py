@@ -26,7 +26,7 @@ from paylinks.worker.auth import AuthError
 from paylinks.worker.config import WorkerConfig
 from paylinks.worker.conomy import ApiAnswer, ConomyClient
 from paylinks.worker.outcomes import Outcomes
-from paylinks.worker.ratelimit import Limiter, RateLimited
+from paylinks.worker.ratelimit import Ended, InFlight, Limiter, RateLimited
 from paylinks.worker.reconcile import Found, LookupFailedError, find_sessions, since_ms
 from paylinks.worker.retries import Verdict, backoff, is_retryable, retry_after_seconds, verdict
 
@@ -35,6 +35,8 @@ RESPONSE_KEPT = 2000
 # A job gives up a tenth before arq's own timeout (at most 5 s), which would drop it
 # without a word.
 DEADLINE_MARGIN = 5.0
+# A wait for a slot shorter than this is not counted on the batch (a round trip saved).
+WAIT_COUNTED = 0.001
 
 
 @dataclass(frozen=True)
@@ -90,11 +92,7 @@ async def _create(deps: Deps, key: str) -> str:
         idempotency_key=key,
     )
     if record.state.final:
-        # A run after a worker died between the record's last move and its batch's
-        # completion: complete the batch now if it is due.
-        log.info("checkout.skipped", state=record.state.value)
-        await deps.outcomes.batches.complete(record.batch)
-        return record.state.value
+        return await _skipped(deps, record, log, record.state.value)
     if record.attempts >= deps.config.max_tries:
         last = Attempt(deps, record, log, record.attempts, time.monotonic())
         return await last.fail(f"gave up after {record.attempts} attempts")
@@ -106,10 +104,12 @@ async def _create(deps: Deps, key: str) -> str:
             settled = await _look_before_posting(deps, record, log, since)
             if settled is not None:
                 return settled
-        async with deps.limiter.slot(max_wait=deps.config.rate_max_wait) as slot:
+        mark = InFlight(layout.checkout_key(record.key), layout.batch_key(record.batch))
+        async with deps.limiter.slot(max_wait=deps.config.rate_max_wait, mark=mark) as slot:
             # Marked in flight, with the time of the call, before the call: if this worker
-            # dies now, the next run of the job knows the session may exist.
-            number = await deps.outcomes.move(
+            # dies now, the next run of the job knows the session may exist. A slot due at
+            # once was marked by the script that gave it.
+            number = mark.attempts or await deps.outcomes.move(
                 record, State.IN_PROGRESS, {RecordField.SENT_AT: now_ms()}, new_attempt=True
             )
             attempt = Attempt(deps, record, log.bind(attempt=number), number, time.monotonic())
@@ -122,17 +122,31 @@ async def _create(deps: Deps, key: str) -> str:
         # comes back when the limiter expects a slot to be free.
         log.info("ratelimit.deferred", retry_in_s=round(e.retry_in, 3))
         raise Retry(defer=e.retry_in) from e
+    except Ended as e:
+        # Finished by another run of the job since it was read: no slot was spent on it.
+        if not e.state:
+            log.warning("checkout.missing")
+            return "missing"
+        return await _skipped(deps, record, log, e.state)
 
     outcome = await _decide(attempt, answer)
     # Bookkeeping after the outcome is safe: losing it must never cost a second call.
     try:
-        if slot.waited:
+        if slot.waited >= WAIT_COUNTED:
             await _waited(attempt, slot.waited)
         if isinstance(answer, ApiAnswer) and answer.ok:
             await deps.limiter.succeeded()
     except RedisError as e:
         attempt.log.warning("ratelimit.unrecorded", reason=type(e).__name__)
     return outcome
+
+
+async def _skipped(deps: Deps, record: Record, log: Any, state: str) -> str:
+    # The request ended in another run (or in one that died between the record's last move
+    # and its batch's completion): complete the batch now if it is due.
+    log.info("checkout.skipped", state=state)
+    await deps.outcomes.batches.complete(record.batch)
+    return state
 
 
 async def _look_before_posting(deps: Deps, record: Record, log: Any, since: int) -> str | None:
@@ -312,7 +326,6 @@ class Attempt:
                 RecordField.SESSION_ID: session.id,
                 RecordField.URL: session.url,
                 RecordField.EXPIRES_AT: session.expires_at,
-                RecordField.SESSION_STATUS: session.status,
                 RecordField.HTTP_STATUS: status,
                 RecordField.ERROR: reason,
                 RecordField.ERROR_CODE: None,

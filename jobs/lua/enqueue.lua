@@ -8,7 +8,7 @@
 --       then per request: key, checkoutToken, body
 -- Returns only the requests not enqueued, each {position in the chunk (from 1),
 -- outcome (duplicate|conflict), the record's state, the record's batch, and for a conflict
--- the record's body}: most chunks are all new, and an answer per request cost more than the
+-- the record's body (none once it is created)}: most chunks are all new, and an answer per request cost more than the
 -- rest of the reply.
 -- Names of fields and states as in paylinks/jobs/layout.py (tests/test_layout.py checks).
 local batch, now, ttl, webhook = ARGV[1], ARGV[2], ARGV[3], ARGV[8]
@@ -19,9 +19,10 @@ for i = 9, #ARGV, 3 do
   if redis.call('EXISTS', record) == 1 then
     -- Bodies are canonical JSON, so the same request is the same string. A record of an
     -- earlier release may hold it in another key order: the producer compares those parsed.
-    local known = redis.call('HMGET', record, 'state', 'request', 'batch')
+    local known = redis.call('HMGET', record, 'state', 'request', 'batch', 'request_digest')
     local position = (i - 6) / 3
-    if known[2] == body then
+    -- A created request keeps only its body's digest: hashed here, for a token sent again.
+    if known[2] == body or (known[4] and not known[2] and redis.sha1hex(body) == known[4]) then
       answers[#answers + 1] = {position, 'duplicate', known[1], known[3]}
     else
       answers[#answers + 1] = {position, 'conflict', known[1], known[3], known[2]}

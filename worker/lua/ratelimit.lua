@@ -8,6 +8,10 @@
 --   acquire lease-id max-wait-µs -> {1, wait µs, slot µs, slot id}: reserved, sleep until the slot
 --                                   {0, wait µs, 0}: the slot is further than max-wait; nothing taken
 --                                   {2, µs until the first lease expires, 0}: every lease is held
+--     With two more KEYS (a checkout record, its batch's counters) and ARGV now (ms), for a
+--     checkout job: {3, state}, nothing taken, when the record ended (or is gone); and a slot
+--     due now marks the record in flight in the same call, as transition.lua would (a new
+--     attempt, sent now), and answers {1, 0, slot µs, slot id, attempts}.
 --   take slot-id slot-µs         -> {1, now µs}: a sleeper that woke late may call now, and its
 --                                   slot is moved to now; {0, 0}: it may not (a 429 came, or no
 --                                   window that holds now has room), and its slot is given up,
@@ -18,7 +22,8 @@
 --   recover                      -> 1 if the rate was raised (adaptive mode)
 -- Every time is the Redis server's clock, so hosts whose clocks disagree share one schedule.
 -- Names of fields and states as in paylinks/jobs/layout.py (tests/test_layout.py checks).
-local pause_key, tat_key, leases_key, wake_key, adaptive_key, slots_key = unpack(KEYS)
+local pause_key, tat_key, leases_key, wake_key, adaptive_key, slots_key, record_key, batch_key =
+  unpack(KEYS)
 local op = ARGV[1]
 local rate, burst, cap = tonumber(ARGV[2]), tonumber(ARGV[3]), tonumber(ARGV[4])
 local lease_us, adaptive, recovery_us = tonumber(ARGV[5]), ARGV[6] == '1', tonumber(ARGV[7])
@@ -73,6 +78,12 @@ end
 
 if op == 'acquire' then
   local lease, max_wait = ARGV[9], tonumber(ARGV[10])
+  local state
+  if record_key then
+    -- A request another run finished (or that expired) spends no slot.
+    state = redis.call('HGET', record_key, 'state')
+    if not state or state == 'created' or state == 'failed' then return {3, state or ''} end
+  end
   local t = now()
   local start = math.max(t, tonumber(redis.call('GET', pause_key) or 0))
   if cap > 0 then
@@ -103,6 +114,18 @@ if op == 'acquire' then
   if cap > 0 then
     redis.call('ZADD', leases_key, int(slot + lease_us), lease)
     keep(leases_key, slot + lease_us - t)
+  end
+  if record_key and slot <= t then
+    -- In flight before the call, with its time: a worker dying now leaves the next run of the
+    -- job knowing the session may exist.
+    local attempts = redis.call('HINCRBY', record_key, 'attempts', 1)
+    redis.call('HSET', record_key, 'state', 'in_progress', 'updated_at', ARGV[11],
+      'sent_at', ARGV[11])
+    if state ~= 'in_progress' then
+      redis.call('HINCRBY', batch_key, state, -1)
+      redis.call('HINCRBY', batch_key, 'in_progress', 1)
+    end
+    return {1, 0, slot, id, attempts}
   end
   return {1, slot - t, slot, id}
 end
