@@ -40,8 +40,13 @@ REFUSED = {
 }
 TOKEN = example_requests(1)[0]["checkoutToken"]
 OWNER = example_requests(1)[0]["owner"]["identityId"]
-# Backoff windows of 50 ms, calls given up after 0.3 s.
-SETTINGS: dict[str, Any] = {"retry_base": 0.05, "retry_cap": 0.5, "http_timeout": 0.3}
+# Backoff windows of 50 ms, calls given up after 0.3 s, looked up as soon as they are given up.
+SETTINGS: dict[str, Any] = {
+    "retry_base": 0.05,
+    "retry_cap": 0.5,
+    "http_timeout": 0.3,
+    "reconcile_delay": 0,
+}
 
 
 @dataclass(frozen=True)
@@ -322,6 +327,21 @@ async def test_after_a_timeout_the_session_found_is_created_without_a_second_pos
     assert (record.state, record.session_id, record.attempts) == ("created", "cs_1", 1)
     assert api.calls == 1
     assert len(api.queries) == 1
+
+
+async def test_after_a_timeout_the_look_up_waits_until_the_call_can_no_longer_arrive(
+    redis: Redis, api: Api
+) -> None:
+    api.answers.append(Answer(201, SESSION, delay=1.0))
+    async with checkout_job(api, reconcile_delay=30) as job:
+        await job.retried()
+        # Run again at once (as after a short backoff): neither looked up nor posted, but
+        # deferred to the delay after the call was given up.
+        deferred_ms = await job.retried()
+        record = await job.record()
+    assert (api.calls, api.queries) == (1, [])
+    assert (record.state, record.attempts) == ("retrying", 1)
+    assert 25_000 < deferred_ms <= 30_000
 
 
 async def test_after_a_timeout_a_session_not_found_is_posted_again(redis: Redis, api: Api) -> None:

@@ -84,6 +84,10 @@ class WorkerConfig(ProducerConfig):
     # Before posting again after an answer that never came, or on a 409, look for the session
     # in the API's list. Off only for an API known to honour Idempotency-Key.
     reconcile: bool = True
+    # The look-up waits this long past an unanswered call's timeout: a request still on its way
+    # (queued in a proxy, or in a starved server) creates its session after a look-up that
+    # came too soon found none, and the post that follows would make a second.
+    reconcile_delay: NonNegativeFloat = 10
     # Signs the POST to a batch's webhook (enqueue --webhook), HMAC-SHA256.
     webhook_secret: SecretStr | None = None
 

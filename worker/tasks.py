@@ -100,7 +100,12 @@ async def _create(deps: Deps, key: str) -> str:
     try:
         since = record.unanswered_since() if deps.config.reconcile else None
         if since is not None:
-            # An earlier attempt's answer never came: its session may exist.
+            # An earlier attempt's answer never came: its session may exist, or its request
+            # may still be on its way. Looked up only once it can no longer be.
+            look_up_in = _settled_at(deps.config, record) - now_ms()
+            if look_up_in > 0:
+                log.info("lookup.deferred", look_up_in_s=look_up_in / 1000)
+                raise Retry(defer=look_up_in / 1000)
             settled = await _look_before_posting(deps, record, log, since)
             if settled is not None:
                 return settled
@@ -147,6 +152,17 @@ async def _skipped(deps: Deps, record: Record, log: Any, state: str) -> str:
     log.info("checkout.skipped", state=state)
     await deps.outcomes.batches.complete(record.batch)
     return state
+
+
+def _settled_at(config: WorkerConfig, record: Record) -> int:
+    """When (ms) the last unanswered call can no longer reach the API, plus the look-up's delay.
+
+    A retry was recorded when that call was given up; a record still in flight is a worker's
+    that died during the call, which went on for at most the HTTP timeout after the mark.
+    """
+    last = record.updated_at_ms or record.sent_at_ms or 0
+    in_flight = config.http_timeout if record.state == State.IN_PROGRESS else 0
+    return last + round((in_flight + config.reconcile_delay) * 1000)
 
 
 async def _look_before_posting(deps: Deps, record: Record, log: Any, since: int) -> str | None:
