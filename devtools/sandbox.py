@@ -11,7 +11,7 @@ import sys
 import time
 import uuid
 from collections import Counter, deque
-from collections.abc import Mapping
+from collections.abc import AsyncIterator, Mapping
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from decimal import Decimal
@@ -27,6 +27,8 @@ from paylinks.devtools.sandbox_sessions import BadQueryError, list_page
 
 API_VERSION = "24-04-2025"
 _KEPT_REQUESTS = 1000
+# The loop's lateness past which the sandbox records a stall, checked every tick (seconds).
+_STALL, _TICK = 0.02, 0.01
 
 
 _Rate = Annotated[float, Field(ge=0, le=1)]
@@ -103,6 +105,9 @@ class _Records:
     # Answers dropped after their session was stored (the drop_rate knob), and list calls.
     dropped: int = 0
     lists: int = 0
+    # (when, seconds): the sandbox's own stalls, in which calls wait unstamped and are then
+    # stamped in a bunch; what tells a client that sent a bunch from a sandbox that stalled.
+    stalls: list[tuple[float, float]] = field(default_factory=list)
 
 
 @dataclass
@@ -360,6 +365,7 @@ async def _stats(request: web.Request) -> web.Response:
             "dropped": records.dropped,
             "lists": records.lists,
             "call_times": records.call_times,
+            "stalls": records.stalls,
         }
     )
 
@@ -404,10 +410,30 @@ async def _json_errors(request: web.Request, handler: Handler) -> web.StreamResp
         return _ApiError(error.status, kind, error.reason).response()
 
 
+async def _watch_stalls(app: web.Application) -> AsyncIterator[None]:
+    """Record each time the sandbox's loop runs late by more than `_STALL` (a starved CPU, a
+    garbage collection): the call times it stamps then are late too."""
+    sandbox = app[_SANDBOX]
+    loop = asyncio.get_running_loop()
+
+    async def watch() -> None:
+        while True:
+            before = loop.time()
+            await asyncio.sleep(_TICK)
+            late = loop.time() - before - _TICK
+            if late > _STALL:
+                sandbox.records.stalls.append((time.time(), round(late, 3)))
+
+    watching = asyncio.create_task(watch())
+    yield
+    watching.cancel()
+
+
 def build_app(options: SandboxOptions) -> web.Application:
     """The sandbox; it reads `options` live, so changing them alters its behaviour at once."""
     app = web.Application(middlewares=[_json_errors])
     app[_SANDBOX] = _Sandbox(options, random.Random(options.seed))
+    app.cleanup_ctx.append(_watch_stalls)
     app.add_routes(
         [
             web.post("/sandbox/checkout-sessions", _create_session),

@@ -5,13 +5,14 @@ from __future__ import annotations
 
 import asyncio
 import json
+import os
 import signal
 import subprocess
 import sys
 import time
 from collections.abc import Callable, Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
-from contextlib import contextmanager
+from contextlib import contextmanager, suppress
 from pathlib import Path
 from typing import Any
 
@@ -42,6 +43,12 @@ class Sandbox:
             [sys.executable, "-m", "paylinks", "sandbox", "--port", str(port), *flags],
             stderr=subprocess.DEVNULL,
         )
+        # The API runs on hosts of its own; here it shares two cores with the workers it
+        # counts. Ahead of them for the CPU (where the tests may raise a priority: as root),
+        # it stamps a call when the call arrives, not when a core comes free.
+        with suppress(PermissionError):
+            raised = os.getpriority(os.PRIO_PROCESS, 0) - 10
+            os.setpriority(os.PRIO_PROCESS, self.process.pid, raised)
 
     def stop(self) -> None:
         self.process.terminate()
