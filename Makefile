@@ -29,8 +29,11 @@ format: install
 	$(BIN)/ruff format .
 	$(BIN)/ruff check --fix .
 
+# Most tests wait (on workers, timeouts, backoffs), so their files run side by side; those
+# marked serial count calls per second or time a failover, and run alone after them.
 test: lint
-	$(BIN)/pytest
+	$(BIN)/pytest -n 3 -m "not serial"
+	$(BIN)/pytest -m serial
 
 bench: install
 	$(BIN)/python -m bench $(if $(QUICK),--quick) --output $(BENCH_OUTPUT)

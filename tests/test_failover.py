@@ -37,6 +37,9 @@ from tests.helpers import (
 )
 from tests.helpers import write_requests as write
 
+# Sentinels elect a new primary within timeouts of their own: run alone (see the Makefile).
+pytestmark = pytest.mark.serial
+
 PASSWORD = "group-Pa55word"
 SENTINEL_PASSWORD = "sentinel-Pa55word"
 MASTER = "paylinks-primary"

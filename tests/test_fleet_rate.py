@@ -26,6 +26,9 @@ from redis.asyncio import Redis
 
 from tests.helpers import Sandbox, log_events, paylinks, spawn_worker, tail, unique_requests
 
+# Counts calls per second: run alone, not beside other tests' workers (see the Makefile).
+pytestmark = pytest.mark.serial
+
 
 def enqueue(requests: list[dict[str, Any]], env: dict[str, str], path: Path) -> str:
     path.write_text("".join(json.dumps(r) + "\n" for r in requests))

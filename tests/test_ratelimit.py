@@ -20,6 +20,9 @@ from paylinks.worker import ratelimit
 from paylinks.worker.ratelimit import Ended, InFlight, Limiter, RateLimit, RateLimited
 from tests.helpers import ROOT
 
+# Times slots to the millisecond: run alone, not beside other tests (see the Makefile).
+pytestmark = pytest.mark.serial
+
 CREDENTIAL = "test-credential"
 LEASES = f"paylinks:ratelimit:{CREDENTIAL}:leases"
 WAKE = f"paylinks:ratelimit:{CREDENTIAL}:wake"
