@@ -12,8 +12,9 @@ from pathlib import Path
 from typing import Any, get_args
 
 import pytest
-from pydantic import ValidationError
+from pydantic import BaseModel, ValidationError, field_validator
 
+from paylinks.jobs import wire
 from paylinks.jobs.intake import Accepted, accept, checked, parse, read_csv, read_json_lines
 from paylinks.jobs.layout import IDEMPOTENCY_NAMESPACE, idempotency_key
 from paylinks.jobs.models import (
@@ -161,6 +162,8 @@ def error_of(data: dict[str, Any]) -> str:
     [(_, from_file)] = read_json_lines([json.dumps(data)])
     assert isinstance(from_python, str), f"the Python API accepted {data}"
     assert from_file == from_python, "a file line and a Python object are judged differently"
+    # Intake's check without models must refuse it too, or a file could let it through.
+    assert not wire.valid({"duration": DEFAULT_DURATION} | json.loads(json.dumps(data)))
     return from_python
 
 
@@ -169,6 +172,7 @@ def sent(data: dict[str, Any]) -> dict[str, Any]:
     [(_, from_file)] = read_json_lines([json.dumps(data)])
     assert isinstance(from_file, Accepted), from_file
     assert checked(1, data) == (1, from_file)
+    assert wire.valid({"duration": DEFAULT_DURATION} | json.loads(json.dumps(data)))
     body: dict[str, Any] = json.loads(from_file.body)
     return body
 
@@ -611,6 +615,31 @@ def test_the_largest_amounts_allowed_still_sum_exactly() -> None:
     assert error_of(minimal(currency="USDC", items=items, destinations=short)) == (
         f"destinations add up to {destined} but the items' totalAmount is {total}"
     )
+
+
+# Intake's check without models (jobs/wire.py)
+
+
+def test_the_wire_check_refuses_a_schema_with_a_validator_it_would_skip() -> None:
+    class Seat(BaseModel):
+        row: int
+
+        @field_validator("row")
+        @classmethod
+        def _front_rows_only(cls, row: int) -> int:
+            return row
+
+    with pytest.raises(TypeError, match="function-after"):
+        wire._without_models(Seat.__pydantic_core_schema__)
+
+
+def test_the_wire_check_keeps_the_models_constraints() -> None:
+    # Each model a typed dict under its wire names, with nothing else of the model lost.
+    assert wire.valid(minimal(duration=DEFAULT_DURATION))
+    assert not wire.valid(minimal(duration=DEFAULT_DURATION, checkoutToken="INV 1"))
+    assert not wire.valid(minimal(duration=DEFAULT_DURATION, owner={"identity_id": "idn_1"}))
+    assert not wire.valid(minimal(duration=DEFAULT_DURATION, owner={}))
+    assert not wire.valid(minimal(duration=29))
 
 
 # Unknown fields
