@@ -255,7 +255,12 @@ async def test_a_job_that_finds_its_request_ended_completes_the_batch(
     # job still on the queue.
     transition = redis.register_script(lua("paylinks.worker", "transition"))
     await transition(
-        keys=[checkout_key(key), layout.batch_key(batch), layout.DEAD_LETTERS],
+        keys=[
+            checkout_key(key),
+            layout.batch_key(batch),
+            layout.DEAD_LETTERS,
+            layout.result_key(key),
+        ],
         args=[key, "created", int(time.time() * 1000), "1", "session_id", "cs_before"],
     )
     assert await redis.hget(layout.batch_key(batch), "completed_at") is None  # type: ignore[misc]

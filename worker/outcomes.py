@@ -42,6 +42,7 @@ class Outcomes:
                 layout.checkout_key(record.key),
                 layout.batch_key(record.batch),
                 layout.DEAD_LETTERS,
+                layout.result_key(record.key),
             ],
             args=[record.key, state.value, now_ms(), "1" if new_attempt else "0", *pairs],
         )
