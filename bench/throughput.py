@@ -321,12 +321,12 @@ class Bench:
 
 
 async def retained(services: Services, batch: str, requests: int) -> dict[str, float]:
-    """MEMORY USAGE of a created record (200 sampled), the batch's member list per request,
+    """MEMORY USAGE of a created result (200 sampled), the batch's member list per request,
     and the arq keys the run left (arq's job, in-progress, retry and result keys)."""
     redis = connect(services.redis_url)
     try:
         keys: list[str] = await redis.lrange(layout.batch_members_key(batch), 0, 199)  # type: ignore[misc]
-        records = [await redis.memory_usage(layout.checkout_key(k), samples=0) for k in keys]
+        records = [await redis.memory_usage(layout.result_key(k), samples=0) for k in keys]
         members = await redis.memory_usage(layout.batch_members_key(batch), samples=0)
         arq_keys = [k async for k in redis.scan_iter(match="arq:*", count=1000)]
     finally:
