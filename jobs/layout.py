@@ -212,8 +212,9 @@ RESULT_FIELDS = (
     RecordField.ERROR,
     RecordField.DUPLICATE_SESSIONS,
 )
-# The ASCII unit separator: in no checkoutToken (`models.TOKEN_PATTERN`), batch id, session
-# id, url or timestamp; a value the API sends with one has it replaced by a space.
+# The ASCII unit separator: in no checkoutToken (`models.TOKEN_PATTERN`) nor batch id that
+# paylinks makes; a value holding one (from the API, or a batch so named) has it replaced by a
+# space.
 RESULT_SEPARATOR = "\x1f"
 DIGEST_LENGTH = 20
 
