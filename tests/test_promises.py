@@ -26,6 +26,7 @@ from paylinks.devtools.ports import free_port
 from paylinks.jobs import layout
 from paylinks.jobs.layout import checkout_key, idempotency_key
 from paylinks.jobs.producer import PIPELINE_SIZE, Producer
+from paylinks.jobs.records import read_fields
 from paylinks.jobs.scripts import lua
 from paylinks.worker.auth import credential_id
 from paylinks.worker.config import ConomyConfig
@@ -51,8 +52,9 @@ def logged(logs: list[str], event: str) -> list[dict[str, Any]]:
 
 
 async def record_of(redis: Redis, token: str) -> dict[str, str]:
-    record: dict[str, str] = await redis.hgetall(checkout_key(idempotency_key(token)))  # type: ignore[misc]
-    return record
+    """The request's record, or its result once created, as fields."""
+    (fields,) = await read_fields(redis, [idempotency_key(token)])
+    return fields or {}
 
 
 async def until(condition: Callable[[], Awaitable[bool]], what: str, within: float = 60) -> None:
