@@ -118,7 +118,7 @@ def result_value(fields: Mapping[str, str | int | None]) -> str:
     updated = values.get(RecordField.UPDATED_AT)
     values[RecordField.UPDATED_AT] = int(updated) - enqueued if updated else None
     packed = [
-        str(values.get(name) or "").replace(layout.RESULT_SEPARATOR, " ")
+        "" if values.get(name) is None else str(values[name]).replace(layout.RESULT_SEPARATOR, " ")
         for name in layout.RESULT_FIELDS
     ]
     while packed and not packed[-1]:

@@ -220,3 +220,22 @@ async def test_a_failed_request_keeps_its_body_for_its_retry(redis: Redis) -> No
     queued = await read_record(redis, key)
     assert queued is not None
     assert (queued.state, queued.request) == (State.QUEUED, body)
+
+
+def test_a_result_reads_back_as_it_was_written() -> None:
+    # Created within the millisecond it was enqueued, by a reconcile (no HTTP status).
+    fields = {
+        RecordField.BATCH: "b",
+        RecordField.CHECKOUT_TOKEN: "INV-1",
+        RecordField.ATTEMPTS: "1",
+        RecordField.ENQUEUED_AT: "1764768549123",
+        RecordField.UPDATED_AT: "1764768549123",
+        RecordField.SESSION_ID: "cs_1",
+        RecordField.URL: "https://pay.example.com/a\x1fb",
+    }
+    read = result_fields(result_value(fields))
+    assert read == {
+        **fields,
+        RecordField.URL: "https://pay.example.com/a b",
+        RecordField.STATE: "created",
+    }
