@@ -47,6 +47,9 @@ async def created(redis: Redis, token: str, **fields: Any) -> Record:
     outcomes = Outcomes(redis)
     record = await read_record(redis, idempotency_key(token))
     assert record is not None
+    # An attempt that failed first: its error is not the result's.
+    failure = {RecordField.ERROR: "HTTP 500", RecordField.HTTP_STATUS: 500}
+    await outcomes.move(record, State.RETRYING, failure, new_attempt=True)
     await outcomes.move(record, State.IN_PROGRESS, {RecordField.SENT_AT: 1}, new_attempt=True)
     await outcomes.move(record, State.CREATED, {**SESSION, RecordField.SENT_AT: None, **fields})
     return record
@@ -87,7 +90,7 @@ async def test_a_created_request_becomes_one_short_string_that_every_reader_read
         "sessionId": SESSION[RecordField.SESSION_ID],
         "url": SESSION[RecordField.URL],
         "expiresAt": SESSION[RecordField.EXPIRES_AT],
-        "attempts": 1,
+        "attempts": 2,
         "error": None,
         "errorCode": None,
         "errorType": None,
@@ -103,7 +106,7 @@ async def test_a_created_request_becomes_one_short_string_that_every_reader_read
 
     # The dashboard: a batch's rows, the request's page, the search by token.
     (row, _) = await read_rows(redis, [key, idempotency_key(requests[1]["checkoutToken"])])
-    assert (row.state, row.checkout_token, row.attempts) == ("created", token, "1")
+    assert (row.state, row.checkout_token, row.attempts) == ("created", token, "2")
     assert row.http_status == "201"
     page = await read_request(redis, key)
     assert page is not None
@@ -117,7 +120,7 @@ async def test_a_created_request_becomes_one_short_string_that_every_reader_read
 
     # A job run again finds it created, and the script moves it no more.
     again = await Outcomes(redis).move(record, State.IN_PROGRESS, new_attempt=True)
-    assert again == 1
+    assert again == 2
     assert not await redis.exists(checkout_key(key))
     assert await redis.get(result_key(key)) == result
 

@@ -36,6 +36,9 @@ class Outcomes:
         """
         pairs: list[str | int] = []
         for name, value in (fields or {}).items():
+            if value in (None, "") and state is State.CREATED:
+                # The record becomes its result, made of the fields given: none to clear.
+                continue
             pairs += [name, "" if value is None else value]
         attempts, all_ended = await self._transition(
             keys=[

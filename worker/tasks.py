@@ -226,14 +226,13 @@ async def _decide(attempt: Attempt, answer: Answer) -> str:
     if isinstance(answer, NoAnswer):
         # The session may exist: `sent_at` stays, and the next attempt looks for it.
         return await attempt.retry(answer.reason)
-    attempt = replace(attempt, answered=True)
     if isinstance(answer, AuthError):
+        attempt = replace(attempt, answered=True)
         if answer.status is not None and not is_retryable(answer.status):
             return await attempt.fail(f"authentication: {answer}")
         return await attempt.retry(str(answer))
-    attempt = replace(
-        attempt, log=attempt.log.bind(http_status=answer.status, duration_ms=attempt.ms())
-    )
+    log = attempt.log.bind(http_status=answer.status, duration_ms=attempt.ms())
+    attempt = replace(attempt, answered=True, log=log)
     if answer.ok:
         return await attempt.created_from(answer)
     error = answer.error()

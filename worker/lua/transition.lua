@@ -7,6 +7,7 @@
 -- last move and the batch's completion completes the batch then.
 -- A record moved to created becomes its result: one string of RESULT_FIELDS joined by the
 -- separator, trailing empty ones left out, with the record's expiry; the record is deleted.
+-- Its outcome fields are those of this call only: an empty one need not be sent.
 -- Names of fields and states as in paylinks/jobs/layout.py (tests/test_layout.py checks).
 local RESULT_FIELDS = {'request_digest', 'batch', 'checkout_token', 'attempts', 'enqueued_at',
   'updated_at', 'session_id', 'url', 'expires_at', 'http_status', 'error',
@@ -32,9 +33,13 @@ if ARGV[4] == '1' then attempts = redis.call('HINCRBY', KEYS[1], 'attempts', 1) 
 if new == 'created' then
   -- The body is never sent again: its digest is all that telling a duplicate from a
   -- conflict needs, and what results, the dashboard and status read fits one short string.
-  local values = {}
-  local fields = redis.call('HGETALL', KEYS[1])
-  for i = 1, #fields, 2 do values[fields[i]] = fields[i + 1] end
+  -- What the request was, from the record; how it ended, from this call alone (an earlier
+  -- attempt's error is not the result's).
+  local values, asked = {}, {'request', 'batch', 'checkout_token', 'enqueued_at'}
+  local record = redis.call('HMGET', KEYS[1], unpack(asked))
+  for i, name in ipairs(asked) do
+    if record[i] then values[name] = record[i] end
+  end
   for i = 5, #ARGV, 2 do values[ARGV[i]] = ARGV[i + 1] end
   values['attempts'] = attempts
   values['updated_at'] = tonumber(ARGV[3]) - tonumber(values['enqueued_at'] or ARGV[3])
