@@ -14,8 +14,8 @@
 local RESULT_FIELDS = {'request_digest', 'batch', 'checkout_token', 'attempts', 'enqueued_at',
   'updated_at', 'session_id', 'url', 'expires_at', 'http_status', 'error',
   'duplicate_sessions'}
-local SEPARATOR, DIGEST_LENGTH = '\031', 20
--- A created request's result, as {state, nil, batch, digest}: what HMGET gives of a record.
+local SEPARATOR = '\031'
+-- A created request's result as HMGET gives a record's {state, request, batch, digest}.
 local function known_result(result)
   local values, i = {}, 1
   for value in string.gmatch(result .. SEPARATOR, '([^' .. SEPARATOR .. ']*)' .. SEPARATOR) do

@@ -13,6 +13,14 @@ local RESULT_FIELDS = {'request_digest', 'batch', 'checkout_token', 'attempts', 
   'updated_at', 'session_id', 'url', 'expires_at', 'http_status', 'error',
   'duplicate_sessions'}
 local SEPARATOR, DIGEST_LENGTH = '\031', 20
+-- One value of a result, by its field's name.
+local function result_value(result, name)
+  local i = 1
+  for value in string.gmatch(result .. SEPARATOR, '([^' .. SEPARATOR .. ']*)' .. SEPARATOR) do
+    if RESULT_FIELDS[i] == name then return value end
+    i = i + 1
+  end
+end
 local function all_ended()
   local c = redis.call('HMGET', KEYS[2], 'total', 'created', 'failed')
   if tonumber(c[2] or 0) + tonumber(c[3] or 0) == tonumber(c[1] or 0) then return 1 end
@@ -20,11 +28,10 @@ local function all_ended()
 end
 local old = redis.call('HGET', KEYS[1], 'state')
 if not old then
-  -- Created already (or gone): its result's attempts are the fourth value.
+  -- Created already, or gone.
   local result = redis.call('GET', KEYS[4])
   if not result then return {0, 0} end
-  local attempts = string.match(result, '^[^\031]*\031[^\031]*\031[^\031]*\031([^\031]*)')
-  return {tonumber(attempts) or 0, all_ended()}
+  return {tonumber(result_value(result, 'attempts')) or 0, all_ended()}
 end
 local attempts = tonumber(redis.call('HGET', KEYS[1], 'attempts') or 0)
 if old == 'created' or old == 'failed' then return {attempts, all_ended()} end
