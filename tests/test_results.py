@@ -4,9 +4,11 @@ for conflicts; records of the release before, and failed ones, keep their layout
 
 from __future__ import annotations
 
+import asyncio
 import hashlib
 import json
 import time
+from pathlib import Path
 from typing import Any
 
 import orjson
@@ -20,9 +22,13 @@ from paylinks.jobs.deadletters import DeadLetters, dead_letters
 from paylinks.jobs.layout import RecordField, State, checkout_key, idempotency_key, result_key
 from paylinks.jobs.producer import Producer
 from paylinks.jobs.records import Record, read_record, result_fields, result_value
+from paylinks.worker.auth import credential_id
+from paylinks.worker.config import ConomyConfig
 from paylinks.worker.outcomes import Outcomes
-from tests.helpers import example_requests
+from tests.helpers import Sandbox, cleaned_up, example_requests, log_events, spawn_worker
 
+# How a job's run ends, in its log.
+ENDED = {"checkout.skipped", "checkout.missing", "checkout.created", "checkout.failed"}
 # What the sandbox answers: a url of 70 characters, over hash-max-listpack-value (64).
 SESSION = {
     RecordField.SESSION_ID: "cs_" + "5" * 32,
@@ -242,3 +248,45 @@ def test_a_result_reads_back_as_it_was_written() -> None:
         RecordField.URL: "https://pay.example.com/a b",
         RecordField.STATE: "created",
     }
+
+
+async def test_a_job_whose_request_is_created_while_it_waits_for_its_slot_skips_it(
+    redis: Redis, sandbox: Sandbox, env: dict[str, str], tmp_path: Path
+) -> None:
+    # A request whose last call went unanswered: its job looks for the session first, and
+    # that look-up waits out a pause of the fleet's limiter. Meanwhile another run creates
+    # the request, so its record is gone, become its result, when the job asks for its slot.
+    requests = example_requests(1)
+    await enqueued(redis, requests)
+    key = idempotency_key(requests[0]["checkoutToken"])
+    long_ago = int(time.time() * 1000) - 60_000
+    unanswered = {"state": "retrying", "attempts": 1, "sent_at": long_ago, "updated_at": long_ago}
+    await redis.hset(checkout_key(key), mapping=unanswered)  # type: ignore[misc]
+    await redis.hset(layout.batch_key("results"), mapping={"queued": 0, "retrying": 1})  # type: ignore[misc]
+    conomy = ConomyConfig(
+        base_url=env["CONOMY_BASE_URL"],
+        api_key=env["CONOMY_API_KEY"],
+        access_token=env["CONOMY_ACCESS_TOKEN"],
+    )
+    seconds, micros = await redis.time()
+    pause = layout.limiter_keys(credential_id(conomy)).pause
+    await redis.set(pause, seconds * 1_000_000 + micros + 4_000_000, px=10_000)
+
+    log = tmp_path / "worker.log"
+    worker = spawn_worker({**env, "PAYLINKS_RECONCILE_DELAY": "0"}, log)
+    with cleaned_up([worker]):
+        deadline = time.monotonic() + 30
+        while not await redis.exists(layout.arq_in_progress_key(key)):
+            assert time.monotonic() < deadline, "the job never started"
+            await asyncio.sleep(0.02)
+        await asyncio.sleep(0.5)  # the job has read the record and waits for the pause
+        assert await redis.exists(checkout_key(key))
+        await created(redis, requests[0]["checkoutToken"])
+        while not [e for e in log_events(log) if e["event"] in ENDED]:
+            assert time.monotonic() < deadline, "the job never ended"
+            await asyncio.sleep(0.05)
+        worker.terminate()
+        worker.wait(30)
+    events = [(e["event"], e.get("state")) for e in log_events(log) if e["event"] in ENDED]
+    assert events == [("checkout.skipped", "created")]
+    assert (await sandbox.stats())["calls"] == 0
