@@ -32,6 +32,7 @@ from paylinks.devtools.ports import free_port, wait_for_port
 from paylinks.jobs import layout
 from paylinks.jobs.connection import connect
 from paylinks.jobs.layout import AdaptiveField, BatchField, RecordField, State
+from paylinks.jobs.records import result_value
 
 ROOT = Path(__file__).resolve().parent.parent
 BIG = "nightly-big"
@@ -53,7 +54,8 @@ FILLER = "for i = ARGV[1], ARGV[2] do redis.call('SET', KEYS[1] .. i, 'x') end"
 
 
 def record(body: dict[str, Any], batch: str, state: State, at: int) -> dict[str, Any]:
-    """One record as the producer and the worker leave it."""
+    """One record's fields as the producer and the worker leave them (a created one is stored
+    as its result)."""
     fields: dict[str, Any] = {
         RecordField.CHECKOUT_TOKEN: body["checkoutToken"],
         RecordField.BATCH: batch,
@@ -69,6 +71,7 @@ def record(body: dict[str, Any], batch: str, state: State, at: int) -> dict[str,
             RecordField.URL: f"https://pay.example.com/{body['checkoutToken']}",
             RecordField.EXPIRES_AT: "2026-12-31T00:00:00Z",
             RecordField.HTTP_STATUS: 201,
+            RecordField.REQUEST_DIGEST: "0" * layout.DIGEST_LENGTH,
         }
     elif state == State.FAILED:
         fields |= {
@@ -92,8 +95,13 @@ async def fill_batch(redis: Any, batch: str, count: int, opened: int, running: b
             state = State.QUEUED
         counts[state] += 1
         at = opened + i
-        pipe.hset(layout.checkout_key(key), mapping=record(body, batch, state, at))
-        pipe.pexpire(layout.checkout_key(key), TTL_MS)
+        if state == State.CREATED:
+            pipe.set(
+                layout.result_key(key), result_value(record(body, batch, state, at)), px=TTL_MS
+            )
+        else:
+            pipe.hset(layout.checkout_key(key), mapping=record(body, batch, state, at))
+            pipe.pexpire(layout.checkout_key(key), TTL_MS)
         pipe.rpush(layout.batch_members_key(batch), key)
         if state == State.FAILED:
             pipe.zadd(layout.DEAD_LETTERS, {key: at})

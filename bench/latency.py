@@ -38,6 +38,7 @@ from bench.throughput import (
 from paylinks.jobs import layout
 from paylinks.jobs.connection import connect
 from paylinks.jobs.layout import RecordField, State, idempotency_key
+from paylinks.jobs.records import read_fields
 
 RATE = 20  # requests a second
 WARM_UP = 5
@@ -88,14 +89,12 @@ async def wait_created(services: Services, tokens: list[str]) -> list[dict[str, 
     deadline = time.monotonic() + WAIT_S
     try:
         while True:
-            async with redis.pipeline(transaction=False) as pipe:
-                for token in tokens:
-                    pipe.hmget(layout.checkout_key(idempotency_key(token)), fields)
-                rows = [dict(zip(fields, row, strict=True)) for row in await pipe.execute()]
-            if all(row[RecordField.STATE] == State.CREATED for row in rows):
+            keys = [idempotency_key(token) for token in tokens]
+            rows = [row or {} for row in await read_fields(redis, keys, fields)]
+            if all(row.get(RecordField.STATE) == State.CREATED for row in rows):
                 return rows
             if time.monotonic() > deadline:
-                states = [row[RecordField.STATE] for row in rows]
+                states = [row.get(RecordField.STATE) for row in rows]
                 raise RuntimeError(f"not all created after {WAIT_S}s: {states}")
             await asyncio.sleep(0.1)
     finally:

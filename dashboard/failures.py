@@ -10,6 +10,7 @@ from redis.asyncio import Redis
 from paylinks.dashboard.requests import api_details, scrub
 from paylinks.jobs import layout
 from paylinks.jobs.layout import RecordField
+from paylinks.jobs.records import read_fields
 
 # A batch's dead letters are looked for among at most this many of the newest, so a page
 # never reads an unbounded set; the batch's `failed` count is the exact total.
@@ -64,14 +65,15 @@ async def _slice(redis: Redis, start: int, count: int) -> list[Letter]:
     entries: list[tuple[str, float]] = await redis.zrange(
         layout.DEAD_LETTERS, start, start + count - 1, desc=True, withscores=True
     )
-    async with redis.pipeline(transaction=False) as pipe:
-        for key, _ in entries:
-            pipe.hmget(layout.checkout_key(key), list(LETTER_FIELDS))
-        found: list[list[str | None]] = await pipe.execute()
+    found = await read_fields(redis, [key for key, _ in entries], LETTER_FIELDS)
     letters = []
-    for (key, score), values in zip(entries, found, strict=True):
-        batch, token, attempts, status, error, response = values
-        if batch is None or token is None:  # the record expired: nothing to show or retry
+    for (key, score), fields in zip(entries, found, strict=True):
+        if fields is None:  # the record expired: nothing to show or retry
+            continue
+        batch, token, attempts, status, error, response = (
+            fields.get(name) for name in LETTER_FIELDS
+        )
+        if batch is None or token is None:
             continue
         details = api_details(response)
         letters.append(

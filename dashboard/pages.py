@@ -22,7 +22,7 @@ from paylinks.jobs import layout
 from paylinks.jobs.config import ProducerConfig
 from paylinks.jobs.deadletters import DeadLetters
 from paylinks.jobs.layout import RecordField, State
-from paylinks.jobs.records import RESULT_COLUMNS, iter_records
+from paylinks.jobs.records import RESULT_COLUMNS, iter_records, read_fields
 
 BATCHES_PER_PAGE = 50
 REQUESTS_PER_PAGE = 100
@@ -266,7 +266,10 @@ class Pages:
 
 async def _rows_of_batch(redis: Redis, batch: str, key: str | None) -> list[RequestRow]:
     """The request of a searched token, if it belongs to this batch."""
-    if key is None or await redis.hget(layout.checkout_key(key), RecordField.BATCH) != batch:  # type: ignore[misc]
+    if key is None:
+        return []
+    (found,) = await read_fields(redis, [key], [RecordField.BATCH])
+    if found is None or found.get(RecordField.BATCH) != batch:
         return []
     return await read_rows(redis, [key])
 

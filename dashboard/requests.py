@@ -13,6 +13,7 @@ from paylinks.jobs import layout
 from paylinks.jobs.layout import RecordField
 from paylinks.jobs.logs import EMAIL, REDACTED
 from paylinks.jobs.models import personal_data
+from paylinks.jobs.records import read_fields
 
 # The only record fields read for display: the body (`request`) and the API's raw answer
 # (`response`) can hold the customer's personal data, so they are never in this list.
@@ -59,15 +60,11 @@ class RequestRow:
 
 async def read_rows(redis: Redis, page_keys: list[str]) -> list[RequestRow]:
     """Requests for a list, one round trip, with errors scrubbed of e-mail addresses."""
-    async with redis.pipeline(transaction=False) as pipe:
-        for key in page_keys:
-            pipe.hmget(layout.checkout_key(key), list(ROW_FIELDS))
-        values: list[list[str | None]] = await pipe.execute()
     rows = []
-    for key, found in zip(page_keys, values, strict=True):
-        fields = dict(zip(ROW_FIELDS, found, strict=True))
-        if fields[RecordField.STATE] is None:  # expired since it was listed
+    for key, found in zip(page_keys, await read_fields(redis, page_keys, ROW_FIELDS), strict=True):
+        if found is None:  # expired since it was listed
             continue
+        fields: dict[str, str | None] = {name: found.get(name) for name in ROW_FIELDS}
         fields[RecordField.ERROR] = scrub(fields[RecordField.ERROR])
         rows.append(RequestRow(key, fields))
     return rows
@@ -100,19 +97,17 @@ def api_details(response: str | None) -> dict[str, str]:
 
 
 async def read_request(redis: Redis, key: str) -> RequestRow | None:
-    """A request's shown fields; its body is read only to know what to scrub, never shown."""
-    record = layout.checkout_key(key)
-    async with redis.pipeline(transaction=False) as pipe:
-        pipe.hmget(record, list(SHOWN_FIELDS))
-        pipe.hmget(record, [RecordField.REQUEST, RecordField.RESPONSE])
-        shown, (body, response) = await pipe.execute()
-    fields = dict(zip(SHOWN_FIELDS, shown, strict=True))
-    if fields[RecordField.STATE] is None:
+    """A request's shown fields; its body is read only to know what to scrub, never shown (a
+    created request keeps none, and no API error either)."""
+    names = (*SHOWN_FIELDS, RecordField.REQUEST, RecordField.RESPONSE)
+    (found,) = await read_fields(redis, [key], names)
+    if found is None:
         return None
-    for name, value in api_details(response).items():
+    fields: dict[str, str | None] = {name: found.get(name) for name in SHOWN_FIELDS}
+    for name, value in api_details(found.get(RecordField.RESPONSE)).items():
         fields[name] = fields[name] or value
     try:
-        parsed = orjson.loads(body or "")
+        parsed = orjson.loads(found.get(RecordField.REQUEST) or "")
     except orjson.JSONDecodeError:
         parsed = None
     personal = _personal(parsed) if isinstance(parsed, dict) else []
@@ -132,4 +127,5 @@ def _personal(body: dict[str, Any]) -> list[str]:
 async def find_by_token(redis: Redis, token: str) -> str | None:
     """The idempotency key of a checkoutToken that has a record: one lookup, no scan."""
     key = layout.idempotency_key(token)
-    return key if await redis.exists(layout.checkout_key(key)) else None
+    found = await redis.exists(layout.checkout_key(key), layout.result_key(key))
+    return key if found else None

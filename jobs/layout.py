@@ -40,8 +40,14 @@ def idempotency_key(checkout_token: str) -> str:
 
 
 def checkout_key(key: str) -> str:
-    """The hash that records one checkout request: its body, state, attempts and outcome."""
+    """The hash that records one checkout request until it is created: its body, state,
+    attempts and outcome. A created request's record becomes its `result_key`."""
     return f"{PREFIX}:checkout:{key}"
+
+
+def result_key(key: str) -> str:
+    """A created request's result: one string of `RESULT_FIELDS`, in place of its record."""
+    return f"{PREFIX}:result:{key}"
 
 
 def batch_key(batch: str) -> str:
@@ -157,7 +163,8 @@ class RecordField(StrEnum):
     # its digest (what memory a result keeps is what reading it and conflicts need).
     REQUEST = "request"
     # SHA-1 (hex) of `request`, once the request is created: a token enqueued again with the
-    # same body is a duplicate, with another body a conflict.
+    # same body is a duplicate, with another body a conflict. Records created by the release
+    # before results (`result_key`) keep it whole, in their hash.
     REQUEST_DIGEST = "request_digest"
     STATE = "state"
     ATTEMPTS = "attempts"
@@ -183,6 +190,33 @@ class RecordField(StrEnum):
     # Ids of the sessions found beyond the one kept, when the API holds more than one for
     # the checkoutToken: for a person to invalidate (comma separated).
     DUPLICATE_SESSIONS = "duplicate_sessions"
+
+
+# What a created request keeps, in the order its result (`result_key`) holds them, joined by
+# RESULT_SEPARATOR, trailing empty ones left out. One string and not a hash: a hash keeps
+# about 80 bytes a field once a value (a session's url) is over hash-max-listpack-value.
+# Its `updated_at` is in ms after its `enqueued_at` (fewer digits); its `request_digest` is
+# the first DIGEST_LENGTH hex digits of the body's SHA-1: 80 bits, so a body sent again that
+# differs passes for the same with odds of 2**-80.
+RESULT_FIELDS = (
+    RecordField.REQUEST_DIGEST,
+    RecordField.BATCH,
+    RecordField.CHECKOUT_TOKEN,
+    RecordField.ATTEMPTS,
+    RecordField.ENQUEUED_AT,
+    RecordField.UPDATED_AT,
+    RecordField.SESSION_ID,
+    RecordField.URL,
+    RecordField.EXPIRES_AT,
+    RecordField.HTTP_STATUS,
+    RecordField.ERROR,
+    RecordField.DUPLICATE_SESSIONS,
+)
+# The ASCII unit separator: in no checkoutToken (`models.TOKEN_PATTERN`) nor batch id that
+# paylinks makes; a value holding one (from the API, or a batch so named) has it replaced by a
+# space.
+RESULT_SEPARATOR = "\x1f"
+DIGEST_LENGTH = 20
 
 
 class BatchField(StrEnum):

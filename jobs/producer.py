@@ -18,10 +18,10 @@ from paylinks.jobs.batches import Batches, now_ms
 from paylinks.jobs.config import ProducerConfig
 from paylinks.jobs.connection import connect
 from paylinks.jobs.intake import Accepted, Numbered, checked
-from paylinks.jobs.layout import RecordField, State
+from paylinks.jobs.layout import State
 from paylinks.jobs.logs import get_logger
 from paylinks.jobs.models import CheckoutRequest
-from paylinks.jobs.records import iter_records
+from paylinks.jobs.records import iter_records, read_states
 from paylinks.jobs.replication import replicated
 from paylinks.jobs.scripts import lua
 
@@ -197,10 +197,7 @@ class Producer:
             waiting = []
             for start in range(0, len(pending), PIPELINE_SIZE):
                 page = pending[start : start + PIPELINE_SIZE]
-                async with self.redis.pipeline(transaction=False) as pipe:
-                    for key in page:
-                        pipe.hget(layout.checkout_key(key), RecordField.STATE)
-                    states: list[str | None] = await pipe.execute()
+                states = await read_states(self.redis, page)
                 for key, state in zip(page, states, strict=True):
                     if state is None:
                         counts["expired"] += 1
@@ -235,6 +232,7 @@ class Producer:
             before,
             after,
             webhook_url or "",
+            layout.result_key(""),
         ]
         for key, (_, request) in zip(idempotency_keys, chunk, strict=True):
             args += [key, request.checkout_token, request.body]

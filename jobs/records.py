@@ -1,8 +1,8 @@
-"""Checkout records and batch counters in Redis, as producers read them back."""
+"""Checkout records and created results in Redis, as producers and the dashboard read them."""
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -20,7 +20,7 @@ class Record:
     checkout_token: str
     batch: str
     state: State
-    # The body to send; empty once the request is created (the record keeps its digest).
+    # The body to send; empty once the request is created (its result keeps a digest).
     request: str
     attempts: int
     session_id: str | None = None
@@ -110,9 +110,88 @@ def _ms(value: str | None) -> int | None:
     return int(value) if value else None
 
 
+def result_value(fields: Mapping[str, str | int | None]) -> str:
+    """The result string of a created request's fields (`updated_at` absolute, in ms), as
+    `transition.lua` writes it: for tests and benchmarks that store results themselves."""
+    values = dict(fields)
+    enqueued = int(values.get(RecordField.ENQUEUED_AT) or 0)
+    updated = values.get(RecordField.UPDATED_AT)
+    values[RecordField.UPDATED_AT] = int(updated) - enqueued if updated else None
+    packed = [
+        "" if values.get(name) is None else str(values[name]).replace(layout.RESULT_SEPARATOR, " ")
+        for name in layout.RESULT_FIELDS
+    ]
+    while packed and not packed[-1]:
+        packed.pop()
+    return layout.RESULT_SEPARATOR.join(packed)
+
+
+def result_fields(value: str) -> dict[str, str]:
+    """A created request's result as the fields of a record (`updated_at` absolute)."""
+    values = value.split(layout.RESULT_SEPARATOR)
+    fields: dict[str, str] = {
+        name: v for name, v in zip(layout.RESULT_FIELDS, values, strict=False) if v
+    }
+    fields[RecordField.STATE] = State.CREATED.value
+    if RecordField.UPDATED_AT in fields:
+        enqueued = int(fields.get(RecordField.ENQUEUED_AT) or 0)
+        fields[RecordField.UPDATED_AT] = str(enqueued + int(fields[RecordField.UPDATED_AT]))
+    return fields
+
+
 async def read_record(redis: Redis, key: str) -> Record | None:
+    """A request's record, or its result once created; None when it is unknown or expired.
+
+    The result is read only when the record is not there: a job reads a pending record, and
+    a record becomes its result in one script, so the result is there once the record is not.
+    """
     fields: dict[str, str] = await redis.hgetall(layout.checkout_key(key))  # type: ignore[misc]
-    return Record.from_hash(key, fields) if fields else None
+    if not fields:
+        result: str | None = await redis.get(layout.result_key(key))
+        if result is None:
+            return None
+        fields = result_fields(result)
+    return Record.from_hash(key, fields)
+
+
+async def read_fields(
+    redis: Redis, keys: Sequence[str], names: Sequence[str] | None = None
+) -> list[dict[str, str] | None]:
+    """The fields `names` (all when None) of these requests, from their records or results,
+    in one round trip, each with its `state`; None for a request unknown or expired. A field
+    absent is left out."""
+    wanted = None if names is None else list(dict.fromkeys([RecordField.STATE, *names]))
+    async with redis.pipeline(transaction=False) as pipe:
+        for key in keys:
+            if wanted is None:
+                pipe.hgetall(layout.checkout_key(key))
+            else:
+                pipe.hmget(layout.checkout_key(key), wanted)
+            pipe.get(layout.result_key(key))
+        found: list[Any] = await pipe.execute()
+    read: list[dict[str, str] | None] = []
+    for stored, result in zip(found[::2], found[1::2], strict=True):
+        pairs = stored.items() if wanted is None else zip(wanted, stored, strict=True)
+        fields = {name: value for name, value in pairs if value is not None}
+        if RecordField.STATE not in fields and result is not None:
+            fields = result_fields(result)
+            if wanted is not None:
+                fields = {name: fields[name] for name in wanted if name in fields}
+        read.append(fields if RecordField.STATE in fields else None)
+    return read
+
+
+async def read_states(redis: Redis, keys: Sequence[str]) -> list[str | None]:
+    """The state of each request, in one round trip; None for one unknown or expired."""
+    async with redis.pipeline(transaction=False) as pipe:
+        for key in keys:
+            pipe.hget(layout.checkout_key(key), RecordField.STATE)
+            pipe.exists(layout.result_key(key))
+        found: list[Any] = await pipe.execute()
+    return [
+        state or (State.CREATED.value if result else None)
+        for state, result in zip(found[::2], found[1::2], strict=True)
+    ]
 
 
 async def iter_records(redis: Redis, batch: str, page: int = 500) -> AsyncIterator[Record]:
@@ -123,11 +202,7 @@ async def iter_records(redis: Redis, batch: str, page: int = 500) -> AsyncIterat
         page_keys: list[str] = await redis.lrange(members, start, start + page - 1)  # type: ignore[misc]
         if not page_keys:
             return
-        async with redis.pipeline(transaction=False) as pipe:
-            for key in page_keys:
-                pipe.hgetall(layout.checkout_key(key))
-            hashes: list[dict[str, str]] = await pipe.execute()
-        for key, fields in zip(page_keys, hashes, strict=True):
+        for key, fields in zip(page_keys, await read_fields(redis, page_keys), strict=True):
             if fields:
                 yield Record.from_hash(key, fields)
         start += page

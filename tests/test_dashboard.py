@@ -19,6 +19,7 @@ from redis.asyncio import Redis
 from paylinks.devtools.ports import free_port
 from paylinks.jobs import layout
 from paylinks.jobs.layout import BatchField, RecordField, State
+from paylinks.jobs.records import result_fields
 from tests.helpers import (
     REFUSED,
     Sandbox,
@@ -121,7 +122,7 @@ async def test_the_pages_show_a_batch_its_failures_and_requests_without_personal
                 assert shown in one
             created = layout.idempotency_key(requests[4]["checkoutToken"])
             link = pages["created"] = await text(http, f"/requests/{created}")
-            session = await redis.hgetall(layout.checkout_key(created))  # type: ignore[misc]
+            session = result_fields(await redis.get(layout.result_key(created)))
             assert session[RecordField.SESSION_ID] in link
             assert session[RecordField.URL] in link
 

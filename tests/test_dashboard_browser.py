@@ -12,6 +12,7 @@ from redis.asyncio import Redis
 
 from paylinks.jobs import layout
 from paylinks.jobs.layout import RecordField
+from paylinks.jobs.records import result_fields
 from tests.helpers import (
     REFUSED,
     ROOT,
@@ -133,6 +134,6 @@ async def test_a_failed_request_is_opened_and_its_dead_letter_retried_until_crea
         run_workers(env, 1)
         await page.reload()
         assert await page.locator("[data-field=state]").inner_text() == "created"
-        record = layout.checkout_key(layout.idempotency_key("REFUSE-0"))
-        session = await redis.hget(record, RecordField.URL)  # type: ignore[misc]
+        result = await redis.get(layout.result_key(layout.idempotency_key("REFUSE-0")))
+        session = result_fields(result)[RecordField.URL]
         await page.get_by_role("link", name=session).wait_for()

@@ -9,7 +9,8 @@ from pathlib import Path
 
 from redis.asyncio import Redis
 
-from paylinks.jobs.layout import checkout_key, idempotency_key
+from paylinks.jobs.layout import DIGEST_LENGTH, checkout_key, idempotency_key, result_key
+from paylinks.jobs.records import result_fields
 from tests.helpers import (
     ACCESS_TOKEN,
     API_KEY,
@@ -86,16 +87,17 @@ async def test_a_created_request_keeps_its_bodys_digest_not_the_body_and_still_t
     requests = example_requests(2)
     path = write_requests(tmp_path / "two.jsonl", requests)
     enqueue(path, env)
-    record_key = checkout_key(idempotency_key(str(requests[0]["checkoutToken"])))
-    body: str = await redis.hget(record_key, "request")  # type: ignore[misc]
+    key = idempotency_key(str(requests[0]["checkoutToken"]))
+    body: str = await redis.hget(checkout_key(key), "request")  # type: ignore[misc]
     run_workers(env, 1)
 
-    record: dict[str, str] = await redis.hgetall(record_key)  # type: ignore[misc]
-    assert record["state"] == "created"
-    assert "request" not in record
-    assert record["request_digest"] == hashlib.sha1(body.encode()).hexdigest()
-    assert "" not in record.values(), "an empty field only takes memory"
-    assert await redis.pttl(record_key) > 0, "written anew, the record keeps its expiry"
+    assert not await redis.exists(checkout_key(key)), "a created record becomes its result"
+    result: str = await redis.get(result_key(key))
+    fields = result_fields(result)
+    assert fields["state"] == "created"
+    assert fields["request_digest"] == hashlib.sha1(body.encode()).hexdigest()[:DIGEST_LENGTH]
+    assert body not in result
+    assert await redis.pttl(result_key(key)) > 0, "the result keeps the record's expiry"
 
     again = enqueue(path, env)
     assert (again["enqueued"], again["duplicates"], again["rejected"]) == (0, 2, [])

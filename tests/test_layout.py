@@ -56,6 +56,25 @@ def test_a_script_names_only_fields_and_states_of_the_layout(script: str) -> Non
     assert sorted(names - LAYOUT_NAMES) == []
 
 
+# A created request's result, as the scripts that write or read one lay it out.
+RESULT_FIELDS = re.compile(r"local RESULT_FIELDS = \{([^}]*)\}")
+RESULT_SEPARATOR = re.compile(r"local SEPARATOR(?:, DIGEST_LENGTH)? = '\\(\d+)'")
+DIGEST_LENGTH = re.compile(r"DIGEST_LENGTH = '\\\d+', (\d+)")
+
+
+@pytest.mark.parametrize(
+    ("script", "digests"),
+    # The script that writes a result cuts the digest; the one that reads it takes its length.
+    [("paylinks.worker/transition.lua", [layout.DIGEST_LENGTH]), ("paylinks.jobs/enqueue.lua", [])],
+)
+def test_a_script_lays_a_result_out_as_the_layout_does(script: str, digests: list[int]) -> None:
+    (fields,) = RESULT_FIELDS.findall(SCRIPTS[script])
+    assert NAME.findall(fields) == list(layout.RESULT_FIELDS)
+    (separator,) = RESULT_SEPARATOR.findall(SCRIPTS[script])
+    assert chr(int(separator)) == layout.RESULT_SEPARATOR
+    assert [int(n) for n in DIGEST_LENGTH.findall(SCRIPTS[script])] == digests
+
+
 def test_key_names_are_those_earlier_releases_wrote() -> None:
     assert [layout.QUEUE, layout.BATCHES, layout.COMPLETED_BATCHES, layout.DEAD_LETTERS] == [
         "paylinks:queue",
@@ -64,6 +83,7 @@ def test_key_names_are_those_earlier_releases_wrote() -> None:
         "paylinks:dead-letters",
     ]
     assert layout.checkout_key("k") == "paylinks:checkout:k"
+    assert layout.result_key("k") == "paylinks:result:k"
     assert layout.batch_key("b") == "paylinks:batch:b"
     assert layout.batch_members_key("b") == "paylinks:batch:b:keys"
     assert layout.access_token_key("c") == "paylinks:auth:c"

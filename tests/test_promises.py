@@ -26,6 +26,7 @@ from paylinks.devtools.ports import free_port
 from paylinks.jobs import layout
 from paylinks.jobs.layout import checkout_key, idempotency_key
 from paylinks.jobs.producer import PIPELINE_SIZE, Producer
+from paylinks.jobs.records import read_fields
 from paylinks.jobs.scripts import lua
 from paylinks.worker.auth import credential_id
 from paylinks.worker.config import ConomyConfig
@@ -51,8 +52,9 @@ def logged(logs: list[str], event: str) -> list[dict[str, Any]]:
 
 
 async def record_of(redis: Redis, token: str) -> dict[str, str]:
-    record: dict[str, str] = await redis.hgetall(checkout_key(idempotency_key(token)))  # type: ignore[misc]
-    return record
+    """The request's record, or its result once created, as fields."""
+    (fields,) = await read_fields(redis, [idempotency_key(token)])
+    return fields or {}
 
 
 async def until(condition: Callable[[], Awaitable[bool]], what: str, within: float = 60) -> None:
@@ -255,7 +257,12 @@ async def test_a_job_that_finds_its_request_ended_completes_the_batch(
     # job still on the queue.
     transition = redis.register_script(lua("paylinks.worker", "transition"))
     await transition(
-        keys=[checkout_key(key), layout.batch_key(batch), layout.DEAD_LETTERS],
+        keys=[
+            checkout_key(key),
+            layout.batch_key(batch),
+            layout.DEAD_LETTERS,
+            layout.result_key(key),
+        ],
         args=[key, "created", int(time.time() * 1000), "1", "session_id", "cs_before"],
     )
     assert await redis.hget(layout.batch_key(batch), "completed_at") is None  # type: ignore[misc]

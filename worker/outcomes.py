@@ -36,12 +36,16 @@ class Outcomes:
         """
         pairs: list[str | int] = []
         for name, value in (fields or {}).items():
+            if value in (None, "") and state is State.CREATED:
+                # The record becomes its result, made of the fields given: none to clear.
+                continue
             pairs += [name, "" if value is None else value]
         attempts, all_ended = await self._transition(
             keys=[
                 layout.checkout_key(record.key),
                 layout.batch_key(record.batch),
                 layout.DEAD_LETTERS,
+                layout.result_key(record.key),
             ],
             args=[record.key, state.value, now_ms(), "1" if new_attempt else "0", *pairs],
         )

@@ -128,11 +128,13 @@ async def _create(deps: Deps, key: str) -> str:
         log.info("ratelimit.deferred", retry_in_s=round(e.retry_in, 3))
         raise Retry(defer=e.retry_in) from e
     except Ended as e:
-        # Finished by another run of the job since it was read: no slot was spent on it.
-        if not e.state:
+        # Finished by another run of the job since it was read: no slot was spent on it. A
+        # record created is gone, become its result.
+        ended = e.state or await _state(deps, key)
+        if not ended:
             log.warning("checkout.missing")
             return "missing"
-        return await _skipped(deps, record, log, e.state)
+        return await _skipped(deps, record, log, ended)
 
     outcome = await _decide(attempt, answer)
     # Bookkeeping after the outcome is safe: losing it must never cost a second call.
@@ -152,6 +154,11 @@ async def _skipped(deps: Deps, record: Record, log: Any, state: str) -> str:
     log.info("checkout.skipped", state=state)
     await deps.outcomes.batches.complete(record.batch)
     return state
+
+
+async def _state(deps: Deps, key: str) -> str | None:
+    record = await read_record(deps.redis, key)
+    return record.state.value if record else None
 
 
 def _settled_at(config: WorkerConfig, record: Record) -> int:
@@ -219,14 +226,13 @@ async def _decide(attempt: Attempt, answer: Answer) -> str:
     if isinstance(answer, NoAnswer):
         # The session may exist: `sent_at` stays, and the next attempt looks for it.
         return await attempt.retry(answer.reason)
-    attempt = replace(attempt, answered=True)
     if isinstance(answer, AuthError):
+        attempt = replace(attempt, answered=True)
         if answer.status is not None and not is_retryable(answer.status):
             return await attempt.fail(f"authentication: {answer}")
         return await attempt.retry(str(answer))
-    attempt = replace(
-        attempt, log=attempt.log.bind(http_status=answer.status, duration_ms=attempt.ms())
-    )
+    log = attempt.log.bind(http_status=answer.status, duration_ms=attempt.ms())
+    attempt = replace(attempt, answered=True, log=log)
     if answer.ok:
         return await attempt.created_from(answer)
     error = answer.error()
