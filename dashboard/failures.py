@@ -68,12 +68,10 @@ async def _slice(redis: Redis, start: int, count: int) -> list[Letter]:
     found = await read_fields(redis, [key for key, _ in entries], LETTER_FIELDS)
     letters = []
     for (key, score), fields in zip(entries, found, strict=True):
-        if fields is None:  # the record expired: nothing to show or retry
-            continue
         batch, token, attempts, status, error, response = (
-            fields.get(name) for name in LETTER_FIELDS
+            (fields or {}).get(name) for name in LETTER_FIELDS
         )
-        if batch is None or token is None:
+        if batch is None or token is None:  # the record expired: nothing to show or retry
             continue
         details = api_details(response)
         letters.append(
