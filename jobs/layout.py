@@ -7,7 +7,12 @@ import uuid
 from enum import StrEnum
 from typing import NamedTuple
 
-from arq.constants import health_check_key_suffix, in_progress_key_prefix, job_key_prefix
+from arq.constants import (
+    health_check_key_suffix,
+    in_progress_key_prefix,
+    job_key_prefix,
+    retry_key_prefix,
+)
 
 # Fixed forever: changing it would give every checkoutToken a new idempotency key, and a token
 # re-sent under a new key can create a second session.
@@ -138,6 +143,11 @@ def arq_job_key(key: str) -> str:
 def arq_in_progress_key(key: str) -> str:
     """arq's marker that a worker is running the job right now."""
     return in_progress_key_prefix + key
+
+
+def arq_retry_key(key: str) -> str:
+    """arq's count of the job's runs."""
+    return retry_key_prefix + key
 
 
 class State(StrEnum):

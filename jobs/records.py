@@ -142,16 +142,23 @@ def result_fields(value: str) -> dict[str, str]:
 async def read_record(redis: Redis, key: str) -> Record | None:
     """A request's record, or its result once created; None when it is unknown or expired.
 
-    The result is read only when the record is not there: a job reads a pending record, and
-    a record becomes its result in one script, so the result is there once the record is not.
+    The result is read only when the record is not there: a record becomes its result in one
+    script, so the result is there once the record is not.
     """
     fields: dict[str, str] = await redis.hgetall(layout.checkout_key(key))  # type: ignore[misc]
-    if not fields:
-        result: str | None = await redis.get(layout.result_key(key))
-        if result is None:
-            return None
-        fields = result_fields(result)
-    return Record.from_hash(key, fields)
+    if fields:
+        return Record.from_hash(key, fields)
+    return record_of(key, await redis.get(layout.result_key(key)))
+
+
+def record_of(key: str, stored: list[str] | str | None) -> Record | None:
+    """A request's record from what a script read of it: its fields as HGETALL lists them, its
+    result (a string) once created, or None when it is unknown or expired."""
+    if stored is None:
+        return None
+    if isinstance(stored, str):
+        return Record.from_hash(key, result_fields(stored))
+    return Record.from_hash(key, dict(zip(stored[::2], stored[1::2], strict=True)))
 
 
 async def read_fields(

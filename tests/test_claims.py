@@ -9,14 +9,14 @@ import inspect
 from typing import Any
 
 import arq
-from arq import create_pool
+from arq import Retry, create_pool
 from arq.connections import RedisSettings
-from arq.constants import in_progress_key_prefix
+from arq.constants import in_progress_key_prefix, job_key_prefix, retry_key_prefix
 from arq.worker import Worker, func
 from redis.asyncio import Redis
 
 from paylinks.devtools.redis_server import RedisServer
-from paylinks.worker.claims import ARQ_TESTED, ClaimingWorker
+from paylinks.worker.claims import ARQ_TESTED, FINISHED_JOBS, ClaimingWorker
 
 # SHA-256 (first 16 hex digits) of the source of each arq method the claim replaces or relies
 # on, in the arq releases of ARQ_TESTED. A new arq that changes one fails here, loudly: read
@@ -25,6 +25,10 @@ ARQ_SOURCES = {
     "start_jobs": "b45797cfa40bed7f",
     "_poll_iteration": "f8d39d823a0a59f2",
     "_release_sem_dec_counter_on_complete": "0ed101482e942c33",
+    # run_job calls it last, for every job it ran; finish_job is skipped for a job that
+    # finished itself.
+    "run_job": "589a19059ff84ee7",
+    "finish_job": "903f09c92830d3fd",
 }
 QUEUE = "claims-test"
 
@@ -81,5 +85,46 @@ async def test_one_claim_takes_due_jobs_not_running_elsewhere_up_to_the_room_lef
         assert worker.jobs_complete == 3
         assert worker.job_counter == 1
         assert await redis.zrange(QUEUE, 0, -1) == ["job-1", "job-5", "later"]
+    finally:
+        await pool.aclose()
+
+
+async def test_a_job_that_finished_itself_is_not_finished_again_nor_queued_again(
+    redis: Redis, redis_server: RedisServer
+) -> None:
+    runs: list[str] = []
+
+    async def finishes_itself(ctx: dict[str, Any], n: int) -> int:
+        job_id = ctx["job_id"]
+        runs.append(job_id)
+        # As the outcome's script does with the request's last move.
+        await redis.zrem(QUEUE, job_id)
+        await redis.delete(*(p + job_id for p in (job_key_prefix, in_progress_key_prefix)))
+        await redis.delete(retry_key_prefix + job_id)
+        ctx[FINISHED_JOBS].add(job_id)
+        if n == 1:
+            # A deadline that strikes after the move: arq would put the job back on the queue
+            # (ZINCRBY adds a member that is gone) and run it again, finding no job.
+            raise Retry(defer=0.01)
+        return n
+
+    pool = await create_pool(RedisSettings.from_dsn(redis_server.url), default_queue_name=QUEUE)
+    try:
+        for n in range(3):
+            await pool.enqueue_job("finishes_itself", n, _job_id=f"job-{n}")
+        worker = ClaimingWorker(
+            functions=[func(finishes_itself, name="finishes_itself")],
+            redis_pool=pool,
+            queue_name=QUEUE,
+            burst=True,
+            poll_delay=0.01,
+            keep_result=0,
+        )
+        await worker.main()
+        assert sorted(runs) == ["job-0", "job-1", "job-2"], "each job ran once"
+        assert (worker.jobs_complete, worker.jobs_retried, worker.jobs_failed) == (2, 1, 0)
+        assert worker.finished_jobs == set()
+        assert await redis.zrange(QUEUE, 0, -1) == []
+        assert await redis.keys("arq:*") == []
     finally:
         await pool.aclose()

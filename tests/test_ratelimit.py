@@ -16,8 +16,17 @@ import pytest
 from redis.asyncio import Redis
 
 from paylinks.devtools.redis_server import RedisServer
+from paylinks.jobs import layout
+from paylinks.jobs.records import result_value
 from paylinks.worker import ratelimit
-from paylinks.worker.ratelimit import Ended, InFlight, Limiter, RateLimit, RateLimited
+from paylinks.worker.ratelimit import (
+    Ended,
+    InFlight,
+    Limiter,
+    RateLimit,
+    RateLimited,
+    Unsettled,
+)
 from tests.helpers import ROOT
 
 # Times slots to the millisecond: run alone, not beside other tests (see the Makefile).
@@ -510,23 +519,66 @@ async def test_a_slot_due_at_once_marks_its_record_in_flight_and_an_ended_one_ta
     redis: Redis,
 ) -> None:
     limiter = Limiter(redis, CREDENTIAL, RateLimit(rate=10, burst=2))
-    record, batch = "paylinks:checkout:k", "paylinks:batch:b"
-    await redis.hset(record, mapping={"state": "retrying", "attempts": 1})  # type: ignore[misc]
+    record, batch = layout.checkout_key("k"), layout.batch_key("b")
+    await redis.hset(  # type: ignore[misc]
+        record,
+        mapping={"state": "retrying", "attempts": 1, "batch": "b", "checkout_token": "t"},
+    )
     await redis.hset(batch, mapping={"retrying": 1, "in_progress": 0})  # type: ignore[misc]
-    mark = InFlight(record, batch)
+    mark = InFlight("k", max_tries=5)
     async with limiter.slot(max_wait=5, mark=mark):
         pass
     assert mark.attempts == 2
+    assert mark.record is not None, "the record comes with the slot, read in the same call"
+    assert (mark.record.state, mark.record.attempts, mark.record.batch) == ("retrying", 1, "b")
     stored = await redis.hgetall(record)  # type: ignore[misc]
     assert (stored["state"], stored["attempts"]) == ("in_progress", "2")
     assert stored["sent_at"] == stored["updated_at"]
     assert await redis.hgetall(batch) == {"retrying": "0", "in_progress": "1"}  # type: ignore[misc]
 
-    await redis.hset(record, "state", "created")  # type: ignore[misc]
+    # In flight with no answer: the job looks first, and is given no slot until it has.
     tat = await redis.get(TAT)
-    with pytest.raises(Ended) as ended:
-        async with limiter.slot(max_wait=5, mark=InFlight(record, batch)):
-            raise AssertionError("an ended request must get no slot")
-    assert ended.value.state == "created"
+    with pytest.raises(Unsettled) as unsettled:
+        async with limiter.slot(max_wait=5, mark=InFlight("k", max_tries=5)):
+            raise AssertionError("a request an earlier call may have made must get no slot")
+    assert unsettled.value.record.sent_at_ms == int(stored["sent_at"])
     assert await redis.get(TAT) == tat, "no slot was spent on it"
-    assert await redis.hget(record, "attempts") == "2"  # type: ignore[misc]
+    looked = InFlight("k", max_tries=5, looked=True)
+    async with limiter.slot(max_wait=5, mark=looked):
+        pass
+    assert looked.attempts == 3
+    assert await redis.get(TAT) != tat
+
+    # Out of attempts: no slot either, until looked at.
+    await redis.hset(record, mapping={"state": "retrying", "sent_at": ""})  # type: ignore[misc]
+    await redis.hdel(record, "sent_at")  # type: ignore[misc]
+    tat = await redis.get(TAT)
+    with pytest.raises(Unsettled):
+        async with limiter.slot(max_wait=5, mark=InFlight("k", max_tries=3)):
+            raise AssertionError("a request out of attempts must get no slot")
+    assert await redis.get(TAT) == tat
+
+    await redis.hset(record, "state", "created")  # type: ignore[misc]
+    with pytest.raises(Ended) as ended:
+        async with limiter.slot(max_wait=5, mark=InFlight("k", max_tries=5)):
+            raise AssertionError("an ended request must get no slot")
+    assert ended.value.record is not None
+    assert ended.value.record.state == "created"
+    assert await redis.get(TAT) == tat, "no slot was spent on it"
+    assert await redis.hget(record, "attempts") == "3"  # type: ignore[misc]
+
+    # Created and become its result, or gone: ended too, with the result or nothing.
+    await redis.delete(record)
+    result = result_value({"batch": "b", "checkout_token": "t", "attempts": 3})
+    await redis.set(layout.result_key("k"), result)
+    with pytest.raises(Ended) as ended:
+        async with limiter.slot(max_wait=5, mark=InFlight("k", max_tries=5)):
+            raise AssertionError("a created request must get no slot")
+    assert ended.value.record is not None
+    assert ended.value.record.attempts == 3
+    await redis.delete(layout.result_key("k"))
+    with pytest.raises(Ended) as ended:
+        async with limiter.slot(max_wait=5, mark=InFlight("k", max_tries=5)):
+            raise AssertionError("a request gone must get no slot")
+    assert ended.value.record is None
+    assert await redis.get(TAT) == tat

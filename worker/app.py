@@ -30,7 +30,7 @@ from paylinks.worker.auth import (
     credential_id,
     rejected_credentials,
 )
-from paylinks.worker.claims import ClaimingWorker
+from paylinks.worker.claims import FINISHED_JOBS, ClaimingWorker
 from paylinks.worker.config import EXIT_CONFIG, ConomyConfig, MetricsConfig, WorkerConfig, load
 from paylinks.worker.conomy import ConomyClient, open_http
 from paylinks.worker.health import HealthConfig
@@ -59,7 +59,9 @@ async def startup(ctx: dict[str, Any]) -> None:
         jitter=config.rate_jitter,
     )
     limiter = Limiter(redis, credential_id(conomy), limit)
-    ctx["paylinks"] = Deps(config, redis, http, client, Outcomes(redis), limiter)
+    # Under arq's own Worker (its CLI) there is no such set, and arq finishes every job.
+    outcomes = Outcomes(redis, ctx.get(FINISHED_JOBS))
+    ctx["paylinks"] = Deps(config, redis, http, client, outcomes, limiter)
     # A token before the first job: credentials the endpoint refuses stop the worker here,
     # before any job spends an attempt on them (the token is cached for the fleet anyway).
     try:

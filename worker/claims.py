@@ -1,4 +1,5 @@
-"""arq's worker, claiming the queued jobs it has room for in one round trip instead of four each."""
+"""arq's worker, claiming the queued jobs it has room for in one round trip instead of four each,
+and leaving a job that finished itself as it is."""
 
 from __future__ import annotations
 
@@ -14,6 +15,8 @@ from paylinks.jobs.scripts import lua
 # The arq releases whose `Worker` internals this subclass was checked against
 # (tests/test_claims.py fails when an installed arq is outside them, or they change).
 ARQ_TESTED = ("0.28.0",)
+# Where a job finds the set of job ids whose arq job it finished itself (`ctx[FINISHED_JOBS]`).
+FINISHED_JOBS = "finished_jobs"
 
 
 class ClaimingWorker(Worker):
@@ -21,15 +24,22 @@ class ClaimingWorker(Worker):
     (`lua/claim.lua`): the same checks arq makes one job at a time (on the queue, due, not
     running elsewhere), and the same in-progress key, set atomically.
 
-    arq offers no hook for this: it overrides `Worker.start_jobs` and uses the attributes
-    that method uses (`sem`, `job_counter`, `max_jobs`, `in_progress_timeout_s`, `tasks`,
-    `run_job`, `_release_sem_dec_counter_on_complete`).
+    A job whose last move finished its arq job in the same script (`Outcomes`, given
+    `ctx[FINISHED_JOBS]`) names it there, and `finish_job`, arq's round trip to do the same,
+    is skipped for it: the worker keeps no results (`keep_result` 0), so there is nothing
+    else for it to write.
+
+    arq offers no hook for either: this overrides `Worker.start_jobs` and `Worker.finish_job`
+    and uses the attributes `start_jobs` uses (`sem`, `job_counter`, `max_jobs`,
+    `in_progress_timeout_s`, `tasks`, `run_job`, `_release_sem_dec_counter_on_complete`).
     """
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
         # arq opens its connection pool when it starts: the script is registered on it then.
         self._claim: AsyncScript | None = None
+        self.finished_jobs: set[str] = set()
+        self.ctx[FINISHED_JOBS] = self.finished_jobs
 
     async def start_jobs(self, job_ids: list[bytes]) -> None:
         room = self.max_jobs - self.job_counter
@@ -58,3 +68,11 @@ class ClaimingWorker(Worker):
             task = self.loop.create_task(self.run_job(job_id, int(float(score))))
             task.add_done_callback(lambda _: self._release_sem_dec_counter_on_complete())
             self.tasks[job_id] = task
+
+    async def finish_job(self, job_id: str, *args: Any, **kwargs: Any) -> None:
+        if job_id in self.finished_jobs:
+            # Finished by the job's own last move; a deadline or a cancellation after it must
+            # not put the job back on the queue either.
+            self.finished_jobs.discard(job_id)
+            return
+        await super().finish_job(job_id, *args, **kwargs)

@@ -14,9 +14,14 @@ from paylinks.jobs.scripts import lua
 
 
 class Outcomes:
-    def __init__(self, redis: Redis) -> None:
+    """Moves of checkout records. Given `finished_jobs` (ClaimingWorker's), a move to a final
+    state also finishes the request's arq job, in the same script, and adds its id there: the
+    worker then skips its own finish, a round trip a request."""
+
+    def __init__(self, redis: Redis, finished_jobs: set[str] | None = None) -> None:
         self.redis = redis
         self.batches = Batches(redis)
+        self.finished_jobs = finished_jobs
         self._transition = redis.register_script(lua("paylinks.worker", "transition"))
 
     async def move(
@@ -40,15 +45,25 @@ class Outcomes:
                 # The record becomes its result, made of the fields given: none to clear.
                 continue
             pairs += [name, "" if value is None else value]
-        attempts, all_ended = await self._transition(
-            keys=[
-                layout.checkout_key(record.key),
-                layout.batch_key(record.batch),
-                layout.DEAD_LETTERS,
-                layout.result_key(record.key),
-            ],
+        keys = [
+            layout.checkout_key(record.key),
+            layout.batch_key(record.batch),
+            layout.DEAD_LETTERS,
+            layout.result_key(record.key),
+        ]
+        if state.final and self.finished_jobs is not None:
+            keys += [
+                layout.QUEUE,
+                layout.arq_job_key(record.key),
+                layout.arq_in_progress_key(record.key),
+                layout.arq_retry_key(record.key),
+            ]
+        attempts, all_ended, finished_job = await self._transition(
+            keys=keys,
             args=[record.key, state.value, now_ms(), "1" if new_attempt else "0", *pairs],
         )
+        if finished_job and self.finished_jobs is not None:
+            self.finished_jobs.add(record.key)
         if announce:
             announce()
         if all_ended:

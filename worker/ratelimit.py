@@ -15,11 +15,12 @@ from redis.asyncio import Redis
 from paylinks.jobs import layout
 from paylinks.jobs.batches import now_ms
 from paylinks.jobs.layout import AdaptiveField
+from paylinks.jobs.records import Record, record_of
 from paylinks.jobs.scripts import lua
 from paylinks.worker import metrics
 
 # The script's answers to `acquire`, besides 1 for a reserved slot.
-_TOO_LONG, _ALL_LEASED, _ENDED = 0, 2, 3
+_TOO_LONG, _ALL_LEASED, _ENDED, _UNSETTLED = 0, 2, 3, 4
 # A waiter for a lease asks again at least this often: the wake-up it needed may have gone to
 # a waiter that was cancelled before it could take the lease.
 _LEASE_POLL = 1.0
@@ -36,24 +37,48 @@ class RateLimited(Exception):  # noqa: N818 - the name the job catches
 
 
 class Ended(Exception):  # noqa: N818 - the name the job catches
-    """The checkout record to mark in flight ended (or expired) before its slot: none was
-    taken. `state` is its state, '' when it is gone."""
+    """The checkout request ended (or expired) before its slot: none was taken. `record` is
+    its record or result, None when it is gone."""
 
-    def __init__(self, state: str) -> None:
-        super().__init__(f"the checkout request ended ({state or 'expired'})")
-        self.state = state
+    def __init__(self, record: Record | None) -> None:
+        super().__init__(f"the checkout request ended ({record.state if record else 'expired'})")
+        self.record = record
+
+
+class Unsettled(Exception):  # noqa: N818 - the name the job catches
+    """The checkout request's attempts are spent, or an earlier call of it may have made its
+    session: no slot was taken, and the job looks at `record` before asking again."""
+
+    def __init__(self, record: Record) -> None:
+        super().__init__("the checkout request needs a look before its next call")
+        self.record = record
 
 
 @dataclass
 class InFlight:
-    """A checkout record to mark in flight in the same script call that gives its slot, as
-    `Outcomes.move` would: done when the slot is due at once, and then `attempts` is the
-    record's attempts, this one counted. A slot further off leaves the mark to the caller,
-    once the slot is sure."""
+    """A checkout request to mark in flight in the same script call that gives its slot, as
+    `Outcomes.move` would. The script reads its record in that call (`record`), gives no slot
+    to a request that ended (Ended) nor, until the job has `looked` at it, to one whose
+    attempts are spent (`max_tries`) or whose earlier call may have made a session
+    (Unsettled). A slot due at once marks it, and `attempts` is then the record's attempts,
+    this one counted; a slot further off leaves the mark to the caller, once the slot is sure,
+    who sets `attempts` too: a slot taken again later must not mark it twice."""
 
-    record_key: str
-    batch_key: str
+    key: str
+    max_tries: int
+    looked: bool = False
+    record: Record | None = None
     attempts: int | None = None
+
+    def arguments(self) -> tuple[list[str], list[str | int]]:
+        """The keys and arguments `acquire` takes for it."""
+        keys = [layout.checkout_key(self.key), layout.result_key(self.key)]
+        return keys, [now_ms(), layout.batch_key(""), self.max_tries, int(self.looked)]
+
+    def read(self, stored: list[str] | str | None) -> Record | None:
+        """The record (or result) as the script read it, kept for the job."""
+        self.record = record_of(self.key, stored)
+        return self.record
 
 
 @dataclass(frozen=True)
@@ -207,18 +232,19 @@ class Slot:
         while True:
             remaining = self.deadline - time.monotonic()
             mark = self.mark if self.mark and self.mark.attempts is None else None
+            keys, marking = mark.arguments() if mark else ([], [])
             reply = await limiter._call(
-                "acquire",
-                self.lease,
-                _micros(max(remaining, 0)),
-                *([now_ms()] if mark else []),
-                more_keys=[mark.record_key, mark.batch_key] if mark else [],
+                "acquire", self.lease, _micros(max(remaining, 0)), *marking, more_keys=keys
             )
-            if reply[0] == _ENDED:
-                raise Ended(reply[1])
-            answer, micros, at, *reserved = reply
-            if mark and len(reserved) > 1:
-                mark.attempts = int(reserved[1])
+            answer, micros, at, slot_id, *checkout = reply
+            if mark:
+                attempts, stored = checkout
+                record = mark.read(stored)
+                if answer == _ENDED or record is None:
+                    raise Ended(record)
+                if answer == _UNSETTLED:
+                    raise Unsettled(record)
+                mark.attempts = attempts or None
             wait: float = micros / 1_000_000
             if answer == _TOO_LONG or (answer == _ALL_LEASED and remaining <= 0):
                 metrics.RATELIMIT_DEFERRALS.inc()
@@ -229,7 +255,7 @@ class Slot:
                 await limiter.redis.blpop([limiter._keys.wake], timeout)  # type: ignore[misc, arg-type]  # Redis 6+ takes a fraction
                 self.waited += time.monotonic() - blocked
                 continue
-            self._at, self._id = at, reserved[0] if reserved else ""
+            self._at, self._id = at, slot_id
             self._due = time.monotonic() + wait
             if not micros:
                 return False

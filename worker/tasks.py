@@ -20,13 +20,13 @@ from paylinks.jobs.batches import now_ms
 from paylinks.jobs.layout import BatchField, RecordField, State
 from paylinks.jobs.logs import get_logger
 from paylinks.jobs.models import CheckoutSession, personal_data
-from paylinks.jobs.records import Record, read_record
+from paylinks.jobs.records import Record
 from paylinks.worker import metrics
 from paylinks.worker.auth import AuthError
 from paylinks.worker.config import WorkerConfig
 from paylinks.worker.conomy import ApiAnswer, ConomyClient
 from paylinks.worker.outcomes import Outcomes
-from paylinks.worker.ratelimit import Ended, InFlight, Limiter, RateLimited
+from paylinks.worker.ratelimit import Ended, InFlight, Limiter, RateLimited, Unsettled
 from paylinks.worker.reconcile import Found, LookupFailedError, find_sessions, since_ms
 from paylinks.worker.retries import Verdict, backoff, is_retryable, retry_after_seconds, verdict
 
@@ -82,59 +82,74 @@ async def create_checkout_session(ctx: dict[str, Any], key: str) -> str:
 
 
 async def _create(deps: Deps, key: str) -> str:
-    record = await read_record(deps.redis, key)
-    if record is None:
-        get_logger(idempotency_key=key).warning("checkout.missing")
-        return "missing"
-    log = get_logger(
-        batch=record.batch,
-        checkout_token=record.checkout_token,
-        idempotency_key=key,
-    )
-    if record.state.final:
-        return await _skipped(deps, record, log, record.state.value)
-    if record.attempts >= deps.config.max_tries:
-        last = Attempt(deps, record, log, record.attempts, time.monotonic())
-        return await last.fail(f"gave up after {record.attempts} attempts")
-
+    # The script that gives the slot reads the record: a request done or out of attempts
+    # takes no slot, and one an earlier call may have made is looked at first.
+    mark = InFlight(key, deps.config.max_tries)
     try:
-        since = record.unanswered_since() if deps.config.reconcile else None
-        if since is not None:
-            # An earlier attempt's answer never came: its session may exist, or its request
-            # may still be on its way. Looked up only once it can no longer be.
-            look_up_in = _settled_at(deps.config, record) - now_ms()
-            if look_up_in > 0:
-                log.info("lookup.deferred", look_up_in_s=look_up_in / 1000)
-                raise Retry(defer=look_up_in / 1000)
-            settled = await _look_before_posting(deps, record, log, since)
+        try:
+            return await _post(deps, mark)
+        except Unsettled as e:
+            settled = await _settle(deps, e.record, _logger(e.record))
             if settled is not None:
                 return settled
-        mark = InFlight(layout.checkout_key(record.key), layout.batch_key(record.batch))
-        async with deps.limiter.slot(max_wait=deps.config.rate_max_wait, mark=mark) as slot:
-            # Marked in flight, with the time of the call, before the call: if this worker
-            # dies now, the next run of the job knows the session may exist. A slot due at
-            # once was marked by the script that gave it.
-            number = mark.attempts or await deps.outcomes.move(
-                record, State.IN_PROGRESS, {RecordField.SENT_AT: now_ms()}, new_attempt=True
-            )
-            attempt = Attempt(deps, record, log.bind(attempt=number), number, time.monotonic())
-            # A stall during the move must not send the slot late, with the next ones. A slot
-            # lost here defers the job with the record in flight: its next run looks first.
-            await slot.ready()
-            answer = await _call(deps, record)
+            mark.looked = True
+            return await _post(deps, mark)
     except RateLimited as e:
         # No slot soon enough: not an attempt, the record keeps its state, and the job
         # comes back when the limiter expects a slot to be free.
+        log = _logger(mark.record) if mark.record else get_logger(idempotency_key=key)
         log.info("ratelimit.deferred", retry_in_s=round(e.retry_in, 3))
         raise Retry(defer=e.retry_in) from e
     except Ended as e:
-        # Finished by another run of the job since it was read: no slot was spent on it. A
-        # record created is gone, become its result.
-        ended = e.state or await _state(deps, key)
-        if not ended:
-            log.warning("checkout.missing")
+        # Finished by another run of the job (or gone): no slot was spent on it.
+        if e.record is None:
+            get_logger(idempotency_key=key).warning("checkout.missing")
             return "missing"
-        return await _skipped(deps, record, log, ended)
+        return await _skipped(deps, e.record, _logger(e.record), e.record.state.value)
+
+
+def _logger(record: Record) -> Any:
+    return get_logger(
+        batch=record.batch, checkout_token=record.checkout_token, idempotency_key=record.key
+    )
+
+
+async def _settle(deps: Deps, record: Record, log: Any) -> str | None:
+    """The outcome of a request whose attempts are spent or whose earlier call may have made
+    its session; None when it may be posted."""
+    if record.attempts >= deps.config.max_tries:
+        last = Attempt(deps, record, log, record.attempts, time.monotonic())
+        return await last.fail(f"gave up after {record.attempts} attempts")
+    since = record.unanswered_since() if deps.config.reconcile else None
+    if since is None:
+        return None
+    # An earlier attempt's answer never came: its session may exist, or its request may still
+    # be on its way. Looked up only once it can no longer be.
+    look_up_in = _settled_at(deps.config, record) - now_ms()
+    if look_up_in > 0:
+        log.info("lookup.deferred", look_up_in_s=look_up_in / 1000)
+        raise Retry(defer=look_up_in / 1000)
+    return await _look_before_posting(deps, record, log, since)
+
+
+async def _post(deps: Deps, mark: InFlight) -> str:
+    """Take a slot for the request, send it, and record how it ended."""
+    async with deps.limiter.slot(max_wait=deps.config.rate_max_wait, mark=mark) as slot:
+        record = mark.record
+        assert record is not None, "a slot given to a checkout request comes with its record"
+        log = _logger(record)
+        # Marked in flight, with the time of the call, before the call: if this worker dies
+        # now, the next run of the job knows the session may exist. A slot due at once was
+        # marked by the script that gave it.
+        number = mark.attempts or await deps.outcomes.move(
+            record, State.IN_PROGRESS, {RecordField.SENT_AT: now_ms()}, new_attempt=True
+        )
+        mark.attempts = number
+        attempt = Attempt(deps, record, log.bind(attempt=number), number, time.monotonic())
+        # A stall during the move must not send the slot late, with the next ones. A slot
+        # lost here defers the job with the record in flight: its next run looks first.
+        await slot.ready()
+        answer = await _call(deps, record)
 
     outcome = await _decide(attempt, answer)
     # Bookkeeping after the outcome is safe: losing it must never cost a second call.
@@ -154,11 +169,6 @@ async def _skipped(deps: Deps, record: Record, log: Any, state: str) -> str:
     log.info("checkout.skipped", state=state)
     await deps.outcomes.batches.complete(record.batch)
     return state
-
-
-async def _state(deps: Deps, key: str) -> str | None:
-    record = await read_record(deps.redis, key)
-    return record.state.value if record else None
 
 
 def _settled_at(config: WorkerConfig, record: Record) -> int:

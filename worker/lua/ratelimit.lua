@@ -8,10 +8,15 @@
 --   acquire lease-id max-wait-µs -> {1, wait µs, slot µs, slot id}: reserved, sleep until the slot
 --                                   {0, wait µs, 0}: the slot is further than max-wait; nothing taken
 --                                   {2, µs until the first lease expires, 0}: every lease is held
---     With two more KEYS (a checkout record, its batch's counters) and ARGV now (ms), for a
---     checkout job: {3, state}, nothing taken, when the record ended (or is gone); and a slot
---     due now marks the record in flight in the same call, as transition.lua would (a new
---     attempt, sent now), and answers {1, 0, slot µs, slot id, attempts}.
+--     For a checkout job, with two more KEYS (its record, its result) and ARGV now (ms), the
+--     batch counters' key prefix, the most attempts and '1' once the job has looked at the
+--     record: each answer also holds the attempts (0 when not marked) and the record (its
+--     fields, or its result once created, or nil when gone), read in the same call;
+--     {3, 0, 0, '', 0, record}, nothing taken, when the record ended (or is gone);
+--     {4, 0, 0, '', 0, record}, nothing taken, until the job has looked, when its attempts
+--     are spent or an earlier call may have made the session (sent, or in flight);
+--     and a slot due now marks the record in flight in the same call, as transition.lua
+--     would (a new attempt, sent now): {1, 0, slot µs, slot id, attempts, record}.
 --   take slot-id slot-µs         -> {1, now µs}: a sleeper that woke late may call now, and its
 --                                   slot is moved to now; {0, 0}: it may not (a 429 came, or no
 --                                   window that holds now has room), and its slot is given up,
@@ -22,7 +27,7 @@
 --   recover                      -> 1 if the rate was raised (adaptive mode)
 -- Every time is the Redis server's clock, so hosts whose clocks disagree share one schedule.
 -- Names of fields and states as in paylinks/jobs/layout.py (tests/test_layout.py checks).
-local pause_key, tat_key, leases_key, wake_key, adaptive_key, slots_key, record_key, batch_key =
+local pause_key, tat_key, leases_key, wake_key, adaptive_key, slots_key, record_key, result_key =
   unpack(KEYS)
 local op = ARGV[1]
 local rate, burst, cap = tonumber(ARGV[2]), tonumber(ARGV[3]), tonumber(ARGV[4])
@@ -78,11 +83,24 @@ end
 
 if op == 'acquire' then
   local lease, max_wait = ARGV[9], tonumber(ARGV[10])
-  local state
+  local record, fields, reply = nil, {}, nil
   if record_key then
-    -- A request another run finished (or that expired) spends no slot.
-    state = redis.call('HGET', record_key, 'state')
-    if not state or state == 'created' or state == 'failed' then return {3, state or ''} end
+    -- The job's record read here saves it a round trip; a request another run finished (or
+    -- that expired) spends no slot, nor one whose earlier attempts the job must look at.
+    record = redis.call('HGETALL', record_key)
+    for i = 1, #record, 2 do fields[record[i]] = record[i + 1] end
+    local state = fields['state']
+    if not state then return {3, 0, 0, '', 0, redis.call('GET', result_key)} end
+    if state == 'created' or state == 'failed' then return {3, 0, 0, '', 0, record} end
+    local spent = tonumber(fields['attempts'] or 0) >= tonumber(ARGV[13])
+    if ARGV[14] ~= '1' and (spent or fields['sent_at'] or state == 'in_progress') then
+      return {4, 0, 0, '', 0, record}
+    end
+    reply = function(answer, wait, slot, id, attempts)
+      return {answer, wait, slot, id, attempts or 0, record}
+    end
+  else
+    reply = function(answer, wait, slot, id) return {answer, wait, slot, id} end
   end
   local t = now()
   local start = math.max(t, tonumber(redis.call('GET', pause_key) or 0))
@@ -91,7 +109,7 @@ if op == 'acquire' then
     redis.call('ZREMRANGEBYSCORE', leases_key, '-inf', int(t))
     if not redis.call('ZSCORE', leases_key, lease) and redis.call('ZCARD', leases_key) >= cap then
       local first = redis.call('ZRANGE', leases_key, 0, 0, 'WITHSCORES')
-      return {2, tonumber(first[2]) - t, 0}
+      return reply(2, tonumber(first[2]) - t, 0, '')
     end
   end
   local slot, tat = start, nil
@@ -102,7 +120,7 @@ if op == 'acquire' then
     slot = clear_edge(t, math.max(start, tat - (burst - 1) * interval))
     tat = math.max(tat, slot) + interval
   end
-  if slot - t > max_wait then return {0, slot - t, 0} end
+  if slot - t > max_wait then return reply(0, slot - t, 0, '') end
   local id = ''
   if tat then
     redis.call('SET', tat_key, int(tat), 'PX', ms(tat - t))
@@ -121,13 +139,14 @@ if op == 'acquire' then
     local attempts = redis.call('HINCRBY', record_key, 'attempts', 1)
     redis.call('HSET', record_key, 'state', 'in_progress', 'updated_at', ARGV[11],
       'sent_at', ARGV[11])
+    local state, batch_key = fields['state'], ARGV[12] .. fields['batch']
     if state ~= 'in_progress' then
       redis.call('HINCRBY', batch_key, state, -1)
       redis.call('HINCRBY', batch_key, 'in_progress', 1)
     end
-    return {1, 0, slot, id, attempts}
+    return reply(1, 0, slot, id, attempts)
   end
-  return {1, slot - t, slot, id}
+  return reply(1, slot - t, slot, id)
 end
 
 if op == 'take' then

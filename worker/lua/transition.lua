@@ -1,8 +1,11 @@
 -- Move a checkout record to a new state and keep its batch's counters in step.
--- KEYS: checkout record, batch counters, dead letters, result
--- ARGV: idempotency key, new state, now (ms), '1' to count a new attempt,
+-- KEYS: checkout record, batch counters, dead letters, result, and to finish the request's
+--       arq job as it ends (what arq's `finish_job` would do next, a round trip saved): the
+--       arq queue, and the job's job, in-progress and retry keys
+-- ARGV: idempotency key (the arq job id), new state, now (ms), '1' to count a new attempt,
 --       then field/value pairs to store ('' removes the field: an empty field costs memory)
--- Returns {attempts, 1 if the batch's requests have all ended}. A record already final is
+-- Returns {attempts, 1 if the batch's requests have all ended, 1 if this call finished the
+-- arq job}. A record already final is
 -- left as it is, but still reports its batch, so a job run again after dying between its
 -- last move and the batch's completion completes the batch then.
 -- A record moved to created becomes its result: one string of RESULT_FIELDS joined by the
@@ -30,11 +33,11 @@ local old = redis.call('HGET', KEYS[1], 'state')
 if not old then
   -- Created already, or gone.
   local result = redis.call('GET', KEYS[4])
-  if not result then return {0, 0} end
-  return {tonumber(result_value(result, 'attempts')) or 0, all_ended()}
+  if not result then return {0, 0, 0} end
+  return {tonumber(result_value(result, 'attempts')) or 0, all_ended(), 0}
 end
 local attempts = tonumber(redis.call('HGET', KEYS[1], 'attempts') or 0)
-if old == 'created' or old == 'failed' then return {attempts, all_ended()} end
+if old == 'created' or old == 'failed' then return {attempts, all_ended(), 0} end
 local new = ARGV[2]
 if ARGV[4] == '1' then attempts = redis.call('HINCRBY', KEYS[1], 'attempts', 1) end
 if new == 'created' then
@@ -81,5 +84,8 @@ if old ~= new then
   redis.call('HINCRBY', KEYS[2], new, 1)
 end
 if new == 'failed' then redis.call('ZADD', KEYS[3], ARGV[3], ARGV[1]) end
-if new == 'created' or new == 'failed' then return {attempts, all_ended()} end
-return {attempts, 0}
+if new ~= 'created' and new ~= 'failed' then return {attempts, 0, 0} end
+if not KEYS[5] then return {attempts, all_ended(), 0} end
+redis.call('ZREM', KEYS[5], ARGV[1])
+redis.call('DEL', KEYS[6], KEYS[7], KEYS[8])
+return {attempts, all_ended(), 1}
