@@ -8,9 +8,9 @@ Side by side, each in a fresh process on an emptied Redis, over the same JSON Li
   argument, `_job_id` its checkoutToken), which validates nothing and keeps no record.
 
 Rates are over each process's whole wall time (start-up included, which only flatters arq);
-peak RSS is each process's own, from `wait4`. The producer also runs on two shorter files to
-show its memory stays flat as the file grows, and Redis's `used_memory` before and after the
-largest paylinks intake gives the bytes one batch takes.
+peak RSS is each process's own, its VmHWM polled until it exits. The producer also runs on
+two shorter files to show its memory stays flat as the file grows, and Redis's `used_memory`
+before and after the largest paylinks intake gives the bytes one batch takes.
 
 `python -m bench.intake profile [COUNT]` times the same intake in-process, then each step of
 it unprofiled (cProfile inflates Python-heavy steps, validation most) with the time Redis
@@ -22,10 +22,12 @@ from __future__ import annotations
 
 import asyncio
 import os
+import resource
 import subprocess
 import sys
 import tempfile
 import time
+from concurrent.futures import ThreadPoolExecutor, wait
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -33,10 +35,13 @@ from typing import Any
 import orjson
 
 from bench.data import write_jsonl
+from bench.rss import peak_rss_mb
 from bench.services import Services
 
 ROOT = Path(__file__).resolve().parent.parent
 TARGET_RATIO = 12
+# How often the child's VmHWM is read while it runs: the peak is known to within this.
+POLL_S = 0.02
 
 
 @dataclass(frozen=True)
@@ -53,13 +58,31 @@ class Run:
 
 
 def measured(command: list[str], env: dict[str, str], log: Path) -> Run:
-    """Run `command` to its end; its wall time, and its own CPU time and peak RSS (wait4: not
-    the max over every child this process ever had, as RUSAGE_CHILDREN would give)."""
-    with open(log, "wb") as stderr, tempfile.TemporaryFile() as stdout:
+    """Run `command` to its end; its wall time, its own CPU time (wait4: not the sum over every
+    child this process ever had, as RUSAGE_CHILDREN would give) and its own peak RSS (VmHWM:
+    wait4's ru_maxrss is this process's, which Linux carries over the child's exec)."""
+
+    def reaped(pid: int) -> tuple[int, resource.struct_rusage, float]:
+        _, status, usage = os.wait4(pid, 0)
+        return status, usage, time.perf_counter()
+
+    with (
+        open(log, "wb") as stderr,
+        tempfile.TemporaryFile() as stdout,
+        ThreadPoolExecutor(max_workers=1) as waiter,
+    ):
         started = time.perf_counter()
         process = subprocess.Popen(command, env=env, cwd=ROOT, stdout=stdout, stderr=stderr)
-        _, status, usage = os.wait4(process.pid, 0)
-        seconds = time.perf_counter() - started
+        # wait4 blocks in its own thread and notes the exit time there, so that the wall time
+        # is not rounded up to the poll below.
+        waiting = waiter.submit(reaped, process.pid)
+        peak = 0.0
+        while not waiting.done():
+            # VmHWM only grows: the last reading before the exit is the peak, to POLL_S.
+            peak = max(peak, peak_rss_mb(process.pid))
+            wait([waiting], timeout=POLL_S)
+        status, usage, ended = waiting.result()
+        seconds = ended - started
         process.returncode = os.waitstatus_to_exitcode(status)
         stdout.seek(0)
         printed = stdout.read()
@@ -67,8 +90,7 @@ def measured(command: list[str], env: dict[str, str], log: Path) -> Run:
         tail = log.read_bytes()[-2000:].decode(errors="replace")
         raise RuntimeError(f"{command[2:4]} exited with {process.returncode}: {tail}")
     cpu = usage.ru_utime + usage.ru_stime
-    # ru_maxrss is in kilobytes on Linux.
-    return Run(seconds, cpu, usage.ru_maxrss * 1024, orjson.loads(printed) if printed else None)
+    return Run(seconds, cpu, round(peak * 2**20), orjson.loads(printed) if printed else None)
 
 
 def paylinks_enqueue(services: Services, path: Path, log: Path) -> Run:

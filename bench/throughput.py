@@ -47,6 +47,7 @@ import psutil
 import structlog
 
 from bench.contenders import plain_arq, wire_bodies, write_bodies
+from bench.rss import peak_rss_mb
 from bench.services import Services
 from paylinks.jobs import layout
 from paylinks.jobs.config import ProducerConfig
@@ -114,19 +115,6 @@ def quiet_logs() -> Iterator[None]:
 
 def spawn(command: list[str], env: dict[str, str], stderr: Any) -> subprocess.Popen[bytes]:
     return subprocess.Popen(command, env=env, cwd=ROOT, stdout=subprocess.PIPE, stderr=stderr)
-
-
-def peak_rss_mb(pid: int) -> float:
-    """The process's peak RSS so far (VmHWM); wait4's ru_maxrss would not do, as Linux carries
-    the forking parent's high-water mark over the exec."""
-    try:
-        with open(f"/proc/{pid}/status") as status:
-            for line in status:
-                if line.startswith("VmHWM:"):
-                    return int(line.split()[1]) / 1024
-    except OSError:
-        pass
-    return 0.0
 
 
 async def reap(processes: list[subprocess.Popen[bytes]], started: float) -> Usage:
