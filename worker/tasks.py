@@ -5,7 +5,7 @@ from __future__ import annotations
 import asyncio
 import time
 from collections.abc import Sequence
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 import aiohttp
@@ -60,6 +60,9 @@ class Deps:
     client: ConomyClient
     outcomes: Outcomes
     limiter: Limiter
+    # The process's logger, made once: each job binds its request to it, where making one
+    # per job cost a log event's worth of CPU again.
+    log: Any = field(default_factory=get_logger)
 
 
 async def create_checkout_session(ctx: dict[str, Any], key: str) -> str:
@@ -75,7 +78,7 @@ async def create_checkout_session(ctx: dict[str, Any], key: str) -> str:
         reason = "job deadline" if isinstance(e, TimeoutError) else f"redis: {type(e).__name__}"
         metrics.retried(reason)
         delay = backoff(ctx["job_try"], deps.config.retry_base, deps.config.retry_cap)
-        get_logger(idempotency_key=key).warning(
+        deps.log.bind(idempotency_key=key).warning(
             "checkout.retrying", reason=reason, retry_in_s=round(delay, 3)
         )
         raise Retry(defer=delay) from e
@@ -89,7 +92,7 @@ async def _create(deps: Deps, key: str) -> str:
         try:
             return await _post(deps, mark)
         except Unsettled as e:
-            settled = await _settle(deps, e.record, _logger(e.record))
+            settled = await _settle(deps, e.record, _logger(deps, e.record))
             if settled is not None:
                 return settled
             mark.looked = True
@@ -97,19 +100,19 @@ async def _create(deps: Deps, key: str) -> str:
     except RateLimited as e:
         # No slot soon enough: not an attempt, the record keeps its state, and the job
         # comes back when the limiter expects a slot to be free.
-        log = _logger(mark.record) if mark.record else get_logger(idempotency_key=key)
+        log = _logger(deps, mark.record) if mark.record else deps.log.bind(idempotency_key=key)
         log.info("ratelimit.deferred", retry_in_s=round(e.retry_in, 3))
         raise Retry(defer=e.retry_in) from e
     except Ended as e:
         # Finished by another run of the job (or gone): no slot was spent on it.
         if e.record is None:
-            get_logger(idempotency_key=key).warning("checkout.missing")
+            deps.log.bind(idempotency_key=key).warning("checkout.missing")
             return "missing"
-        return await _skipped(deps, e.record, _logger(e.record), e.record.state.value)
+        return await _skipped(deps, e.record, _logger(deps, e.record), e.record.state.value)
 
 
-def _logger(record: Record) -> Any:
-    return get_logger(
+def _logger(deps: Deps, record: Record) -> Any:
+    return deps.log.bind(
         batch=record.batch, checkout_token=record.checkout_token, idempotency_key=record.key
     )
 
@@ -137,7 +140,7 @@ async def _post(deps: Deps, mark: InFlight) -> str:
     async with deps.limiter.slot(max_wait=deps.config.rate_max_wait, mark=mark) as slot:
         record = mark.record
         assert record is not None, "a slot given to a checkout request comes with its record"
-        log = _logger(record)
+        log = _logger(deps, record)
         # Marked in flight, with the time of the call, before the call: if this worker dies
         # now, the next run of the job knows the session may exist. A slot due at once was
         # marked by the script that gave it.
