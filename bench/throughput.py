@@ -12,7 +12,7 @@ All of them run on uvloop, as paylinks' CLI does. The queues are filled before t
 starts and not timed. Each contender runs once per round, rounds interleave them so that the
 noise of a shared box falls on all alike, and ratios are taken within a round, then the median.
 Before each run the benchmark waits (up to 20 s; quick: 2 s) for the machine to go quiet, and
-it records the cores other tenants kept busy during the run.
+it records the cores other tenants kept busy during the run, and those the host stole (steal time).
 
 The rate is the requests divided by the time between the first and the last call the sandbox
 saw, so process start-up and arq's burst exit stay out of it (the wall time is kept too).
@@ -96,6 +96,9 @@ class Run:
     retained: dict[str, float] = field(default_factory=dict)
     # Cores busy outside this benchmark's processes during the run, on average: other tenants.
     others_cores: float = 0.0
+    # Cores the hypervisor gave other machines while this one wanted them (steal time): the
+    # host's other tenants, whom `others_cores` cannot see.
+    stolen_cores: float = 0.0
 
     @property
     def rate(self) -> float:
@@ -148,6 +151,11 @@ def sandbox_process(services: Services) -> psutil.Process | None:
         except psutil.Error:
             continue
     return None
+
+
+def stolen_cpu() -> float:
+    """CPU seconds the hypervisor ran something else while this machine had work (steal)."""
+    return float(getattr(psutil.cpu_times(), "steal", 0.0))
 
 
 def busy_cpu() -> float:
@@ -238,6 +246,7 @@ class Bench:
         before = await redis_snapshot(self.services)
         sandbox_before = cpu_of(self.sandbox)
         machine_before, own_before = busy_cpu(), cpu_of(psutil.Process())
+        stolen_before = stolen_cpu()
         stderr = open(log, "wb") if log else subprocess.DEVNULL  # noqa: SIM115 - closed below
         try:
             started = time.monotonic()
@@ -258,6 +267,7 @@ class Bench:
             raise RuntimeError(f"{contender}: {requests} requests but the sandbox saw {answers}")
         run = Run(contender, requests, usage, span, answers)
         run.others_cores = max(0.0, machine - ours) / usage.wall
+        run.stolen_cores = (stolen_cpu() - stolen_before) / usage.wall
         if requests:
             run.redis = redis_delta(before, after, requests)
             run.sandbox_cpu = sandbox
@@ -379,6 +389,7 @@ def summarize(
             "requests_per_s_best": round(max(run.rate for run in done)),
             "requests_per_s_each_round": [round(run.rate) for run in done],
             "other_tenants_cores_each_round": [round(run.others_cores, 2) for run in done],
+            "stolen_cores_each_round": [round(run.stolen_cores, 2) for run in done],
             "wall_s": round(median([run.usage.wall for run in done]), 2),
             "cpu_s": round(cpu, 2),
             "cpu_s_at_start": round(idle[name].usage.cpu, 2),
@@ -446,7 +457,11 @@ def rows(figures: dict[str, Any]) -> list[list[Any]]:
             note = f"target >= {TARGETS[key]}: {verdict}; {note}"
         out.append([f"ratio {key}", r["median"], note])
     others = contenders["c"]["other_tenants_cores_each_round"]
+    stolen = contenders["c"]["stolen_cores_each_round"]
     out.append(["other tenants' load", f"{max(others)} cores", f"during (c), each round: {others}"])
+    out.append(["cores stolen by the host", f"{max(stolen)} cores",
+                f"during (c), each round: {stolen}; (b): "
+                f"{contenders['b']['stolen_cores_each_round']}"])  # fmt: skip
     c, b = contenders["c"], contenders["b"]
     top = ", ".join(f"{name} {n}" for name, n in c["redis"]["top_commands_per_request"].items())
     trips = c["redis"]["round_trips_per_request"]
