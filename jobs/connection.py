@@ -54,8 +54,8 @@ def restart_retry() -> Retry:
 
 
 class _LeanConnection(AbstractConnection):
-    """redis-py's asyncio connection without two costs its other clients do not pay: for the
-    worker, about a fifth of a command's CPU."""
+    """redis-py's asyncio connection without two costs its other clients do not pay (measured
+    in the README's *One worker ahead of plain arq*)."""
 
     _packer = HiredisRespSerializer()
 
@@ -96,7 +96,7 @@ class _UnixConnection(_LeanConnection, UnixDomainSocketConnection):
 
 
 # The lean connection each URL scheme gets (`from_url` picks the one on the left).
-_PACKING: dict[type[AbstractConnection], type[AbstractConnection]] = {
+_LEAN: dict[type[AbstractConnection], type[AbstractConnection]] = {
     Connection: _Connection,
     SSLConnection: _SSLConnection,
     UnixDomainSocketConnection: _UnixConnection,
@@ -154,7 +154,7 @@ def _open(config: RedisConfig, client: type[Any], **options: Any) -> Any:
         opened = client.from_url(url, **_tls(config), **options)
         if not blocking:
             pool = opened.connection_pool
-            pool.connection_class = _PACKING.get(pool.connection_class, pool.connection_class)
+            pool.connection_class = _LEAN.get(pool.connection_class, pool.connection_class)
         return opened
     # The URL gives the user, password, database and TLS; the sentinels give the address.
     options |= {

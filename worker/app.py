@@ -108,10 +108,10 @@ FIXED: dict[str, Any] = {
     "poll_delay": 0.02,
 }
 ARQ_MAX_RUNS = 1_000_000
-# Allocations (less frees) between two collections of the youngest generation; Python's 700
-# made the collector run about 70 times a second and take a tenth of the worker's CPU
-# (`bench/throughput.py`), for the few cycles a job leaves: nearly everything it allocates is
-# freed at once by reference counting.
+# Allocations (less frees) between two collections of the youngest generation. Python's 700
+# made the collector run about 70 times a second and take a tenth of the worker's CPU (timed
+# with `gc.callbacks` while it drained the throughput bench's 10,000 requests), for the few
+# cycles a job leaves: nearly everything it allocates is freed at once by reference counting.
 GC_THRESHOLD = 10_000
 # Seconds between a worker losing Redis for good and starting again.
 RESTART_DELAY = 1.0

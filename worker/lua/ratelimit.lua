@@ -6,8 +6,8 @@
 --       adaptive ('1'/'0'), recovery period (µs), jitter (µs), then the operation's own
 --       arguments:
 --   acquire lease-id max-wait-µs -> {1, wait µs, slot µs, slot id}: reserved, sleep until the slot
---                                   {0, wait µs, 0}: the slot is further than max-wait; nothing taken
---                                   {2, µs until the first lease expires, 0}: every lease is held
+--                                   {0, wait µs, 0, ''}: the slot is further than max-wait; nothing taken
+--                                   {2, µs until the first lease expires, 0, ''}: every lease is held
 --     For a checkout job, with two more KEYS (its record, its result) and ARGV now (ms), the
 --     batch counters' key prefix, the most attempts and '1' once the job has looked at the
 --     record: each answer also holds the attempts (0 when not marked) and the record (its
