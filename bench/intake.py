@@ -22,26 +22,22 @@ from __future__ import annotations
 
 import asyncio
 import os
-import resource
 import subprocess
 import sys
 import tempfile
 import time
-from concurrent.futures import ThreadPoolExecutor, wait
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import orjson
 
+from bench.children import reap
 from bench.data import write_jsonl
-from bench.rss import peak_rss_mb
 from bench.services import Services
 
 ROOT = Path(__file__).resolve().parent.parent
 TARGET_RATIO = 12
-# How often the child's VmHWM is read while it runs: the peak is known to within this.
-POLL_S = 0.02
 
 
 @dataclass(frozen=True)
@@ -58,39 +54,19 @@ class Run:
 
 
 def measured(command: list[str], env: dict[str, str], log: Path) -> Run:
-    """Run `command` to its end; its wall time, its own CPU time (wait4: not the sum over every
-    child this process ever had, as RUSAGE_CHILDREN would give) and its own peak RSS (VmHWM:
-    wait4's ru_maxrss is this process's, which Linux carries over the child's exec)."""
-
-    def reaped(pid: int) -> tuple[int, resource.struct_rusage, float]:
-        _, status, usage = os.wait4(pid, 0)
-        return status, usage, time.perf_counter()
-
-    with (
-        open(log, "wb") as stderr,
-        tempfile.TemporaryFile() as stdout,
-        ThreadPoolExecutor(max_workers=1) as waiter,
-    ):
+    """Run `command` to its end; its wall time, and its own CPU time and peak RSS."""
+    with open(log, "wb") as stderr, tempfile.TemporaryFile() as stdout:
         started = time.perf_counter()
         process = subprocess.Popen(command, env=env, cwd=ROOT, stdout=stdout, stderr=stderr)
-        # wait4 blocks in its own thread and notes the exit time there, so that the wall time
-        # is not rounded up to the poll below.
-        waiting = waiter.submit(reaped, process.pid)
-        peak = 0.0
-        while not waiting.done():
-            # VmHWM only grows: the last reading before the exit is the peak, to POLL_S.
-            peak = max(peak, peak_rss_mb(process.pid))
-            wait([waiting], timeout=POLL_S)
-        status, usage, ended = waiting.result()
-        seconds = ended - started
-        process.returncode = os.waitstatus_to_exitcode(status)
+        ended = reap(process.pid)
+        process.returncode = ended.returncode
         stdout.seek(0)
         printed = stdout.read()
     if process.returncode != 0:
         tail = log.read_bytes()[-2000:].decode(errors="replace")
         raise RuntimeError(f"{command[2:4]} exited with {process.returncode}: {tail}")
-    cpu = usage.ru_utime + usage.ru_stime
-    return Run(seconds, cpu, round(peak * 2**20), orjson.loads(printed) if printed else None)
+    peak = round(ended.peak_rss_mb * 2**20)
+    return Run(ended.at - started, ended.cpu, peak, orjson.loads(printed) if printed else None)
 
 
 def paylinks_enqueue(services: Services, path: Path, log: Path) -> Run:

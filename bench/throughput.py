@@ -29,7 +29,6 @@ requests with py-spy and prints the functions it spent the most time in.
 from __future__ import annotations
 
 import asyncio
-import os
 import statistics
 import subprocess
 import sys
@@ -46,8 +45,8 @@ import orjson
 import psutil
 import structlog
 
+from bench.children import reap as reap_child
 from bench.contenders import plain_arq, wire_bodies, write_bodies
-from bench.rss import peak_rss_mb
 from bench.services import Services
 from paylinks.jobs import layout
 from paylinks.jobs.config import ProducerConfig
@@ -124,17 +123,11 @@ async def reap(processes: list[subprocess.Popen[bytes]], started: float) -> Usag
     """Wait for every process; their wall time (to the last exit), CPU and largest peak RSS."""
 
     async def one(process: subprocess.Popen[bytes]) -> tuple[float, float, float]:
-        waiting = asyncio.create_task(asyncio.to_thread(os.wait4, process.pid, 0))
-        peak = 0.0
-        while not waiting.done():
-            # VmHWM only grows: the last reading before the exit is the peak, to 20 ms.
-            peak = max(peak, peak_rss_mb(process.pid))
-            await asyncio.wait([waiting], timeout=0.02)
-        _, status, usage = waiting.result()
-        process.returncode = os.waitstatus_to_exitcode(status)
+        ended = await asyncio.to_thread(reap_child, process.pid)
+        process.returncode = ended.returncode
         if process.returncode != 0:
             raise RuntimeError(f"{process.args!r} exited with {process.returncode}")
-        return usage.ru_utime + usage.ru_stime, usage.ru_stime, peak
+        return ended.cpu, ended.usage.ru_stime, ended.peak_rss_mb
 
     measured = await asyncio.gather(*(one(p) for p in processes))
     wall = time.monotonic() - started

@@ -153,6 +153,8 @@ def _open(config: RedisConfig, client: type[Any], **options: Any) -> Any:
     if not config.redis_sentinels:
         opened = client.from_url(url, **_tls(config), **options)
         if not blocking:
+            # Set once made: `from_url` lets the URL's scheme override a connection class
+            # passed to it, and a pool makes its connections only when first asked.
             pool = opened.connection_pool
             pool.connection_class = _LEAN.get(pool.connection_class, pool.connection_class)
         return opened
