@@ -133,9 +133,10 @@ def connect(target: RedisConfig | str) -> Redis:
     return client
 
 
-def arq_pool(config: RedisConfig) -> ArqRedis:
-    """arq's own client (bytes, as arq reads them), reaching Redis the same way."""
-    pool: ArqRedis = _open(config, ArqRedis)
+def arq_pool(config: RedisConfig, client: type[ArqRedis] = ArqRedis) -> ArqRedis:
+    """arq's own client (bytes, as arq reads them), of class `client`, reaching Redis the
+    same way."""
+    pool: ArqRedis = _open(config, client)
     pool.default_queue_name = layout.QUEUE
     pool.job_serializer = queue.serialize
     pool.job_deserializer = queue.deserialize

@@ -1,5 +1,6 @@
-"""The worker claims queued jobs in batches through arq internals: those internals are what it
-was written against, and a batch claim takes what arq's own claim would, and nothing else."""
+"""The worker claims queued jobs in batches, and reads them, through arq internals: those
+internals are what it was written against, and a batch claim takes what arq's own claim
+would, and reads each job as arq's run_job would, and nothing else."""
 
 from __future__ import annotations
 
@@ -9,14 +10,22 @@ import inspect
 from typing import Any
 
 import arq
-from arq import Retry, create_pool
-from arq.connections import RedisSettings
+import pytest
+from arq import Retry
+from arq.connections import ArqRedis
 from arq.constants import in_progress_key_prefix, job_key_prefix, retry_key_prefix
 from arq.worker import Worker, func
 from redis.asyncio import Redis
 
 from paylinks.devtools.redis_server import RedisServer
-from paylinks.worker.claims import ARQ_TESTED, FINISHED_JOBS, ClaimingWorker
+from paylinks.jobs.connection import arq_pool, settings_for
+from paylinks.worker.claims import (
+    ARQ_TESTED,
+    FINISHED_JOBS,
+    RETRY_COUNTER_LIFETIME,
+    ClaimingPool,
+    ClaimingWorker,
+)
 
 # SHA-256 (first 16 hex digits) of the source of each arq method the claim replaces or relies
 # on, in the arq releases of ARQ_TESTED. A new arq that changes one fails here, loudly: read
@@ -25,8 +34,8 @@ ARQ_SOURCES = {
     "start_jobs": "b45797cfa40bed7f",
     "_poll_iteration": "f8d39d823a0a59f2",
     "_release_sem_dec_counter_on_complete": "0ed101482e942c33",
-    # run_job calls it last, for every job it ran; finish_job is skipped for a job that
-    # finished itself.
+    # run_job opens with the read the claim makes for it, and calls finish_job last, for
+    # every job it ran; finish_job is skipped for a job that finished itself.
     "run_job": "589a19059ff84ee7",
     "finish_job": "903f09c92830d3fd",
 }
@@ -52,10 +61,18 @@ async def noop(ctx: dict[str, Any], n: int) -> int:
     return n
 
 
+def claiming_pool(redis_server: RedisServer) -> ArqRedis:
+    pool = arq_pool(settings_for(redis_server.url), ClaimingPool)
+    # arq's own queue and serializer, as the workers here use them.
+    pool.default_queue_name = QUEUE
+    pool.job_serializer = pool.job_deserializer = None
+    return pool
+
+
 async def test_one_claim_takes_due_jobs_not_running_elsewhere_up_to_the_room_left(
     redis: Redis, redis_server: RedisServer
 ) -> None:
-    pool = await create_pool(RedisSettings.from_dsn(redis_server.url), default_queue_name=QUEUE)
+    pool = claiming_pool(redis_server)
     try:
         for n in range(6):
             await pool.enqueue_job("noop", n, _job_id=f"job-{n}")
@@ -108,7 +125,7 @@ async def test_a_job_that_finished_itself_is_not_finished_again_nor_queued_again
             raise Retry(defer=0.01)
         return n
 
-    pool = await create_pool(RedisSettings.from_dsn(redis_server.url), default_queue_name=QUEUE)
+    pool = claiming_pool(redis_server)
     try:
         for n in range(3):
             await pool.enqueue_job("finishes_itself", n, _job_id=f"job-{n}")
@@ -128,3 +145,91 @@ async def test_a_job_that_finished_itself_is_not_finished_again_nor_queued_again
         assert await redis.keys("arq:*") == []
     finally:
         await pool.aclose()
+
+
+async def transactions(redis: Redis) -> int:
+    stats = await redis.info("commandstats")
+    return int(stats.get("cmdstat_exec", {}).get("calls", 0))
+
+
+async def test_the_claim_reads_each_job_claimed_as_run_job_would_and_run_job_asks_no_more(
+    redis: Redis, redis_server: RedisServer
+) -> None:
+    seen: list[tuple[str, int, int]] = []
+
+    async def finishes_itself(ctx: dict[str, Any], n: int) -> int:
+        seen.append((ctx["job_id"], ctx["job_try"], n))
+        await redis.zrem(QUEUE, ctx["job_id"])
+        await redis.delete(*(p + ctx["job_id"] for p in (job_key_prefix, in_progress_key_prefix)))
+        await redis.delete(retry_key_prefix + ctx["job_id"])
+        ctx[FINISHED_JOBS].add(ctx["job_id"])
+        return n
+
+    pool = claiming_pool(redis_server)
+    try:
+        await pool.enqueue_job("finishes_itself", 7, _job_id="job-7")
+        # A job run before, by a worker that died: its try is counted on.
+        await redis.set(retry_key_prefix + "job-7", 2)
+        worker = ClaimingWorker(
+            functions=[func(finishes_itself, name="finishes_itself")],
+            redis_pool=pool,
+            queue_name=QUEUE,
+            keep_result=0,
+        )
+        before = await transactions(redis)
+        await worker.start_jobs([b"job-7"])
+        # Counted and kept by the claim, before the job's task has run at all.
+        assert seen == []
+        assert await redis.get(retry_key_prefix + "job-7") == "3"
+        assert await redis.ttl(retry_key_prefix + "job-7") > RETRY_COUNTER_LIFETIME - 5
+        await asyncio.gather(*worker.tasks.values())
+
+        assert seen == [("job-7", 3, 7)]
+        assert worker.jobs_complete == 1
+        # arq's run_job reads a job in a MULTI/EXEC of its own: the claim made that read.
+        assert await transactions(redis) == before
+        # Outside a claimed job's first read, the pool's pipelines are Redis' own.
+        async with pool.pipeline(transaction=True) as pipe:
+            pipe.set("left", "1")
+            pipe.get("left")
+            assert await pipe.execute() == [True, b"1"]
+        assert await transactions(redis) == before + 1
+    finally:
+        await pool.aclose()
+
+
+async def test_a_claimed_job_whose_job_expired_fails_as_arq_fails_it(
+    redis: Redis, redis_server: RedisServer
+) -> None:
+    pool = claiming_pool(redis_server)
+    try:
+        await pool.enqueue_job("noop", 1, _job_id="gone")
+        await redis.delete(job_key_prefix + "gone")
+        worker = ClaimingWorker(
+            functions=[func(noop, name="noop")], redis_pool=pool, queue_name=QUEUE, keep_result=0
+        )
+        await worker.start_jobs([b"gone"])
+        await asyncio.gather(*worker.tasks.values())
+
+        assert (worker.jobs_complete, worker.jobs_failed) == (0, 1)
+        assert await redis.zrange(QUEUE, 0, -1) == []
+        assert await redis.keys("arq:*") == []
+    finally:
+        await pool.aclose()
+
+
+async def test_the_claiming_worker_refuses_a_pool_that_would_read_each_job_again(
+    redis_server: RedisServer,
+) -> None:
+    plain = arq_pool(settings_for(redis_server.url))
+    claiming = claiming_pool(redis_server)
+    try:
+        with pytest.raises(ValueError, match="ClaimingPool"):
+            ClaimingWorker(functions=[func(noop, name="noop")], redis_pool=plain)
+        with pytest.raises(ValueError, match="allow_abort_jobs"):
+            ClaimingWorker(
+                functions=[func(noop, name="noop")], redis_pool=claiming, allow_abort_jobs=True
+            )
+    finally:
+        await plain.aclose()
+        await claiming.aclose()

@@ -31,7 +31,7 @@ from paylinks.worker.auth import (
     credential_id,
     rejected_credentials,
 )
-from paylinks.worker.claims import FINISHED_JOBS, ClaimingWorker
+from paylinks.worker.claims import FINISHED_JOBS, ClaimingPool, ClaimingWorker
 from paylinks.worker.config import EXIT_CONFIG, ConomyConfig, MetricsConfig, WorkerConfig, load
 from paylinks.worker.conomy import ConomyClient, open_http
 from paylinks.worker.health import HealthConfig
@@ -129,7 +129,7 @@ def worker_settings(
         **FIXED,
         "ctx": {"config": config, "conomy": conomy, "health": health, "health_key": health_key},
         # arq's own client, made where ours is: the same user, TLS, sentinels and retries.
-        "redis_pool": arq_pool(config),
+        "redis_pool": arq_pool(config, ClaimingPool),
         "max_jobs": config.concurrency,
         "job_timeout": config.job_timeout,
         # arq counts every run (a deferral for a slot, a Redis hiccup, a restart after
