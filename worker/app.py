@@ -31,6 +31,7 @@ from paylinks.worker.auth import (
     credential_id,
     rejected_credentials,
 )
+from paylinks.worker.autopipeline import AutoPipeline
 from paylinks.worker.claims import FINISHED_JOBS, ClaimingPool, ClaimingWorker
 from paylinks.worker.config import EXIT_CONFIG, ConomyConfig, MetricsConfig, WorkerConfig, load
 from paylinks.worker.conomy import ConomyClient, open_http
@@ -59,10 +60,12 @@ async def startup(ctx: dict[str, Any]) -> None:
         adaptive=config.rate_adaptive,
         jitter=config.rate_jitter,
     )
-    limiter = Limiter(redis, credential_id(conomy), limit)
+    # The scripts every job calls (its slot, its moves), pipelined with the other jobs'.
+    pipeline = AutoPipeline(redis)
+    limiter = Limiter(redis, credential_id(conomy), limit, pipeline)
     # Under arq's own Worker (its CLI) there is no such set, and arq finishes every job.
-    outcomes = Outcomes(redis, ctx.get(FINISHED_JOBS))
-    ctx["paylinks"] = Deps(config, redis, http, client, outcomes, limiter)
+    outcomes = Outcomes(redis, ctx.get(FINISHED_JOBS), pipeline)
+    ctx["paylinks"] = Deps(config, redis, pipeline, http, client, outcomes, limiter)
     # A token before the first job: credentials the endpoint refuses stop the worker here,
     # before any job spends an attempt on them (the token is cached for the fleet anyway).
     try:
@@ -87,6 +90,7 @@ async def shutdown(ctx: dict[str, Any]) -> None:
         await registration.stop()
     if deps:
         await deps.http.close()
+        await deps.pipeline.aclose()
         await deps.redis.aclose()
 
 

@@ -11,18 +11,26 @@ from paylinks.jobs.batches import Batches, now_ms
 from paylinks.jobs.layout import RecordField, State
 from paylinks.jobs.records import Record
 from paylinks.jobs.scripts import lua
+from paylinks.worker.autopipeline import AutoPipeline
 
 
 class Outcomes:
     """Moves of checkout records. Given `finished_jobs` (ClaimingWorker's), a move to a final
     state also finishes the request's arq job, in the same script, and adds its id there: the
-    worker then skips its own finish, a round trip a request."""
+    worker then skips its own finish, a round trip a request. Given a `pipeline`, moves are
+    sent through it."""
 
-    def __init__(self, redis: Redis, finished_jobs: set[str] | None = None) -> None:
+    def __init__(
+        self,
+        redis: Redis,
+        finished_jobs: set[str] | None = None,
+        pipeline: AutoPipeline | None = None,
+    ) -> None:
         self.redis = redis
         self.batches = Batches(redis)
         self.finished_jobs = finished_jobs
-        self._transition = redis.register_script(lua("paylinks.worker", "transition"))
+        # Through the worker's pipeline when given: a move per job, sent with the others.
+        self._transition = (pipeline or redis).register_script(lua("paylinks.worker", "transition"))
 
     async def move(
         self,

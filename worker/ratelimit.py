@@ -18,6 +18,7 @@ from paylinks.jobs.layout import AdaptiveField
 from paylinks.jobs.records import Record, record_of
 from paylinks.jobs.scripts import lua
 from paylinks.worker import metrics
+from paylinks.worker.autopipeline import AutoPipeline
 
 # The script's answers to `acquire`, besides 1 for a reserved slot.
 _TOO_LONG, _ALL_LEASED, _ENDED, _UNSETTLED = 0, 2, 3, 4
@@ -122,7 +123,13 @@ class Limiter:
     Its keys are `layout.limiter_keys(credential)`.
     """
 
-    def __init__(self, redis: Redis, credential: str, limit: RateLimit) -> None:
+    def __init__(
+        self,
+        redis: Redis,
+        credential: str,
+        limit: RateLimit,
+        pipeline: AutoPipeline | None = None,
+    ) -> None:
         self.redis = redis
         self.limit = limit
         self._keys = layout.limiter_keys(credential)
@@ -135,7 +142,8 @@ class Limiter:
             _micros(limit.recovery_seconds),
             _micros(limit.jitter),
         ]
-        self._script = redis.register_script(lua("paylinks.worker", "ratelimit"))
+        # Through the worker's pipeline when given: a call per job, sent with the others.
+        self._script = (pipeline or redis).register_script(lua("paylinks.worker", "ratelimit"))
         # How late a caller may be for its slot at its last check and still call: half the
         # jitter the schedule leaves room for; the other half is for the call's way to the API.
         self.lateness = max(limit.jitter / 2, _SHORTEST_BLOCK) if limit.rate else float("inf")

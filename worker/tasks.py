@@ -23,6 +23,7 @@ from paylinks.jobs.models import CheckoutSession, personal_data
 from paylinks.jobs.records import Record
 from paylinks.worker import metrics
 from paylinks.worker.auth import AuthError
+from paylinks.worker.autopipeline import AutoPipeline
 from paylinks.worker.config import WorkerConfig
 from paylinks.worker.conomy import ApiAnswer, ConomyClient
 from paylinks.worker.outcomes import Outcomes
@@ -56,6 +57,7 @@ class Deps:
 
     config: WorkerConfig
     redis: Redis
+    pipeline: AutoPipeline
     http: aiohttp.ClientSession
     client: ConomyClient
     outcomes: Outcomes
