@@ -128,7 +128,8 @@ async def fill_fleet(redis: Any) -> None:
     and a credential paused after a 429 with leases held and calls in the last second."""
     seconds, micros = await redis.time()
     now_us = seconds * 1_000_000 + micros
-    started_ms = now_us // 1000 - 3_600_000
+    # Longer ago than a health record lives (the interval + 1 s): killed ones are prunable.
+    started_ms = now_us // 1000 - (HEALTH_INTERVAL_S + 60) * 1000
     pipe = redis.pipeline(transaction=False)
     for i in range(WORKERS + KILLED):
         key = layout.worker_health_key(f"worker-{i // 4}.example.com", 1000 + i)

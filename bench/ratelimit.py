@@ -86,7 +86,7 @@ def spawn_worker(env: dict[str, str], concurrency: int, log: Path) -> subprocess
             [
                 sys.executable,
                 "-m",
-                "worker",
+                "paylinks",
                 "worker",
                 "--burst",
                 "--concurrency",
