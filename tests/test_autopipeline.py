@@ -10,21 +10,23 @@ from collections.abc import AsyncIterator
 
 import pytest
 from redis.asyncio import Redis
-from redis.exceptions import ResponseError
-from redis.exceptions import TimeoutError as RedisTimeoutError
+from redis.exceptions import ConnectionError as RedisConnectionError
+from redis.exceptions import RedisError, ResponseError
 
 from paylinks.devtools.redis_server import RedisServer
 from paylinks.jobs.connection import connect
-from paylinks.worker.autopipeline import AutoPipeline
+from paylinks.worker.autopipeline import AutoPipeline, ReplyLostError
 
 # Answers with its argument and a count, so that a reply given to the wrong caller shows.
 ECHO = "return {ARGV[1], redis.call('INCR', KEYS[1])}"
+INCR = "return redis.call('INCR', KEYS[1])"
 # Runs for about 50 ms: long enough to be cancelled while Redis still runs it.
-SLOW = """
+WAIT = """
 local t = redis.call('TIME')
 repeat local u = redis.call('TIME') until (u[1] - t[1]) * 1000000 + (u[2] - t[2]) > 50000
-return ARGV[1]
 """
+SLOW = WAIT + "return ARGV[1]"
+SLOW_INCR = WAIT + "return redis.call('INCR', KEYS[1])"
 
 
 @pytest.fixture
@@ -134,23 +136,75 @@ async def test_calls_made_while_redis_restarts_are_retried_until_it_is_back() ->
             await client.aclose()
 
 
-async def test_a_redis_that_stops_answering_fails_the_calls_waiting_on_it() -> None:
+async def test_a_call_whose_reply_never_came_is_not_sent_again() -> None:
     with RedisServer() as server:
-        # No retries: the failure itself is what this looks at.
-        client = Redis.from_url(server.url, decode_responses=True)
+        client = connect(server.url)  # redis-py's retries on: the lost call must not use them
         pipelined = AutoPipeline(client, reply_timeout=0.5)
         assert server.process is not None
         try:
-            echo = pipelined.register_script(ECHO)
-            assert await echo(keys=["n"], args=["a"]) == ["a", 1]
+            incr = pipelined.register_script(INCR)
+            assert await incr(keys=["n"]) == 1
             os.kill(server.process.pid, signal.SIGSTOP)
             try:
-                with pytest.raises(RedisTimeoutError):
-                    await asyncio.wait_for(echo(keys=["n"], args=["b"]), 5)
+                with pytest.raises(ReplyLostError):
+                    await asyncio.wait_for(incr(keys=["n"]), 5)
             finally:
                 os.kill(server.process.pid, signal.SIGCONT)
-            # The call that timed out may have run: only its reply was lost.
-            assert (await echo(keys=["n"], args=["c"]))[0] == "c"
+            # It ran once Redis woke, and only once; the next call is on a new connection.
+            assert await incr(keys=["n"]) == 3
         finally:
             await pipelined.aclose()
             await client.aclose()
+
+
+async def test_a_redis_error_of_the_connection_fails_the_calls_instead_of_leaving_them() -> None:
+    with RedisServer() as server:
+        # A socket timeout set in the URL makes redis-py raise its own TimeoutError; no
+        # retries, so the failure itself shows.
+        client = Redis.from_url(server.url, decode_responses=True, socket_timeout=0.3)
+        pipelined = AutoPipeline(client)
+        assert server.process is not None
+        try:
+            incr = pipelined.register_script(INCR)
+            assert await incr(keys=["n"]) == 1
+            os.kill(server.process.pid, signal.SIGSTOP)
+            try:
+                with pytest.raises(RedisConnectionError):
+                    await asyncio.wait_for(incr(keys=["n"]), 5)
+            finally:
+                os.kill(server.process.pid, signal.SIGCONT)
+            assert await incr(keys=["n"]) == 3
+        finally:
+            await pipelined.aclose()
+            await client.aclose()
+
+
+async def test_a_call_cancelled_before_its_turn_came_is_not_sent(
+    redis: Redis, pipeline: AutoPipeline
+) -> None:
+    incr = pipeline.register_script(INCR)
+    assert await incr(keys=["n"]) == 1
+    cancelled = asyncio.create_task(incr(keys=["n"]))
+    await asyncio.sleep(0)  # queued for the turn's write, not written yet
+    cancelled.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await cancelled
+    assert await incr(keys=["n"]) == 2
+
+
+async def test_closing_fails_the_calls_waiting_without_sending_them_again(
+    redis: Redis, pipeline: AutoPipeline
+) -> None:
+    slow = pipeline.register_script(SLOW_INCR)
+    assert await slow(keys=["n"]) == 1
+    connections = int((await redis.info("stats"))["total_connections_received"])
+    waiting = asyncio.create_task(slow(keys=["n"]))
+    await asyncio.sleep(0.01)  # written, and running in Redis
+    await pipeline.aclose()
+    with pytest.raises(ReplyLostError):
+        await waiting
+    with pytest.raises(RedisError, match="closed"):
+        await slow(keys=["n"])
+    await asyncio.sleep(0.1)
+    assert await redis.get("n") == "2", "the call ran once, and was not sent again"
+    assert int((await redis.info("stats"))["total_connections_received"]) == connections
