@@ -15,6 +15,7 @@ from redis.asyncio.connection import AbstractConnection
 from redis.asyncio.retry import Retry
 from redis.backoff import NoBackoff
 from redis.exceptions import ConnectionError, NoScriptError, RedisError, ResponseError
+from redis.exceptions import TimeoutError as RedisTimeoutError
 
 # Seconds a call waits for its reply before its connection is given up: no script of ours runs
 # for more than a millisecond, so only a connection that died without a word keeps a reply
@@ -193,13 +194,12 @@ class _Link:
                     waiting.set_exception(reply)
                 else:
                     waiting.set_result(reply)
-        except TimeoutError:
-            self._error = ReplyLostError(
-                f"no reply from Redis in {self.reply_timeout} s: the call may have run"
-            )
+        except (TimeoutError, RedisTimeoutError):
+            # Ours, or redis-py's when REDIS_URL sets a socket timeout.
+            self._error = ReplyLostError("no reply from Redis in time: the call may have run")
         except Exception as error:
-            # redis-py's own errors included (a socket timeout set in REDIS_URL, a reply it
-            # cannot parse, a Sentinel's demoted primary): the connection is not to be trusted.
+            # redis-py's own errors included (a reply it cannot parse, a Sentinel's demoted
+            # primary): the connection is not to be trusted.
             self._error = ConnectionError(f"the connection failed: {error}")
         finally:
             self.failed = True
