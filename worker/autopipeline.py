@@ -141,7 +141,7 @@ class _Link:
             return False
         interval = self.connection.health_check_interval
         idle = self._loop.time() - self._idle_since
-        return bool(self._waiting) or not interval or idle < interval
+        return bool(self._unsent or self._waiting) or not interval or idle < interval
 
     async def send(self, args: Sequence[Any]) -> Any:
         packed = self.connection.pack_command(*args)
