@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import asyncio
 import contextvars
-import hashlib
 from collections import deque
 from collections.abc import Sequence
 from typing import Any
@@ -14,6 +13,7 @@ from redis.asyncio import Redis
 from redis.asyncio.connection import AbstractConnection
 from redis.asyncio.retry import Retry
 from redis.backoff import NoBackoff
+from redis.commands.core import AsyncScript
 from redis.exceptions import ConnectionError, NoScriptError, RedisError, ResponseError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
@@ -54,7 +54,7 @@ class AutoPipeline:
 
     def register_script(self, source: str) -> PipelinedScript:
         """A Lua script called through this pipeline, as `Redis.register_script` gives one."""
-        return PipelinedScript(self, source)
+        return PipelinedScript(self, self.redis.register_script(source))
 
     async def execute(self, *args: Any) -> Any:
         """Send one command with those of this turn; its reply, decoded as the client's are."""
@@ -100,21 +100,19 @@ class AutoPipeline:
 
 
 class PipelinedScript:
-    """A Lua script, called by its SHA through an AutoPipeline; loaded again when Redis has
-    lost it (a restart without persistence, SCRIPT FLUSH), as redis-py's scripts are."""
+    """redis-py's script, called by its SHA through an AutoPipeline. When Redis has lost it (a
+    restart without persistence, SCRIPT FLUSH), that call did not run, and goes as redis-py's
+    own, which loads the script first."""
 
-    def __init__(self, pipeline: AutoPipeline, source: str) -> None:
+    def __init__(self, pipeline: AutoPipeline, script: AsyncScript) -> None:
         self.pipeline = pipeline
-        self.source = source
-        self.sha = hashlib.sha1(source.encode()).hexdigest()
+        self.script = script
 
     async def __call__(self, keys: Sequence[Any] = (), args: Sequence[Any] = ()) -> Any:
-        command = ("EVALSHA", self.sha, len(keys), *keys, *args)
         try:
-            return await self.pipeline.execute(*command)
+            return await self.pipeline.execute("EVALSHA", self.script.sha, len(keys), *keys, *args)
         except NoScriptError:
-            await self.pipeline.execute("SCRIPT", "LOAD", self.source)
-            return await self.pipeline.execute(*command)
+            return await self.script(keys=keys, args=args)
 
 
 class _Link:
